@@ -1,0 +1,871 @@
+"""Shared parameter scopes used by several commands.
+
+Names, meanings and defaults follow DIALS (``dials.stills_process`` and the
+phil scopes it includes) wherever DIALS has the same parameter, so that
+``spotfinder.threshold.dispersion.gain=...`` or
+``indexing.known_symmetry.unit_cell=...`` mean here what they mean there.
+
+Every builder returns a fresh :class:`~stillshot.config.tree.Scope`.  A
+command assembles its definition with :func:`~stillshot.config.tree.root`,
+which merges scopes of the same name, so a stage adds its own parameters to
+a shared scope without editing this module::
+
+    definition = root(
+        input_scope(), output_scope(), mp_scope(), spotfinder_scope(),
+        scope("spotfinder", children=[leaf("my_new_option", bool, False, "...")]),
+    )
+
+and changes a default for one program with
+:meth:`~stillshot.config.tree.Scope.with_defaults`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from stillshot.config.tree import (
+    PATH,
+    SPACE_GROUP,
+    UNIT_CELL,
+    Scope,
+    choice,
+    ints,
+    leaf,
+    root,
+    scope,
+)
+
+__all__ = [
+    "INDEXING_METHODS",
+    "THRESHOLD_ALGORITHMS",
+    "common_definition",
+    "dispatch_scope",
+    "indexing_scope",
+    "input_scope",
+    "mp_scope",
+    "output_scope",
+    "refinement_scope",
+    "spotfinder_scope",
+]
+
+#: Spot-finding threshold algorithms offered by default (first is default).
+THRESHOLD_ALGORITHMS = ("dispersion_extended", "dispersion", "radial")
+#: Indexing methods offered by default (first is default, as in
+#: dials.stills_process).
+INDEXING_METHODS = ("fft1d", "fft3d", "real_space_grid_search")
+
+
+def input_scope() -> Scope:
+    """``input``: where geometry comes from.
+
+    Returns
+    -------
+    Scope
+    """
+    return scope(
+        "input",
+        help="Input files beyond those named on the command line.",
+        children=[
+            leaf(
+                "reference_geometry",
+                PATH,
+                None,
+                help="An .expt file (with exactly one detector) or a CrystFEL .geom "
+                "file whose detector geometry replaces the one read from the image "
+                "headers, for any image format. Required for CXI files, which carry "
+                "no geometry.",
+            ),
+        ],
+    )
+
+
+def output_scope() -> Scope:
+    """``output``: where results are written.
+
+    Returns
+    -------
+    Scope
+    """
+    return scope(
+        "output",
+        help="Output files.",
+        children=[
+            leaf(
+                "dir",
+                PATH,
+                ".",
+                help="Directory all output files are written to (created if "
+                "missing).",
+            ),
+        ],
+    )
+
+
+def mp_scope() -> Scope:
+    """``mp``: parallel processing over shots (as dials.stills_process).
+
+    Returns
+    -------
+    Scope
+    """
+    return scope(
+        "mp",
+        help="Parallel processing of shots.",
+        children=[
+            leaf(
+                "method",
+                choice(["multiprocessing", "mpi"]),
+                "multiprocessing",
+                help="How shots are distributed: local processes, or MPI ranks "
+                "(start the command under mpirun/srun).",
+            ),
+            leaf(
+                "nproc",
+                int,
+                1,
+                min=1,
+                allow_auto=True,
+                help="Number of processes for the multiprocessing method; Auto: "
+                "one per available CPU core. Ignored with mpi, where the number "
+                "of ranks decides.",
+            ),
+        ],
+    )
+
+
+def dispatch_scope() -> Scope:
+    """``dispatch``: which shots go on past spot finding (hit finding).
+
+    Returns
+    -------
+    Scope
+    """
+    return scope(
+        "dispatch",
+        help="Control of the per-shot processing steps.",
+        children=[
+            scope(
+                "hit_finder",
+                help="Deciding which shots are hits worth indexing.",
+                children=[
+                    leaf(
+                        "enable",
+                        bool,
+                        True,
+                        help="Find hits: shots with too few strong spots are not "
+                        "indexed. False: try to index every shot.",
+                    ),
+                    leaf(
+                        "minimum_number_of_reflections",
+                        int,
+                        16,
+                        min=0,
+                        help="A shot with fewer strong spots than this is not a hit "
+                        "(status 'not_a_hit').",
+                    ),
+                    leaf(
+                        "maximum_number_of_reflections",
+                        int,
+                        None,
+                        min=0,
+                        help="If set, a shot with more strong spots than this is not a "
+                        "hit (e.g. ice or detector artefacts).",
+                        expert_level=1,
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+def _dispersion_scope() -> Scope:
+    return scope(
+        "dispersion",
+        help="Parameters of the dispersion and dispersion_extended algorithms.",
+        children=[
+            leaf(
+                "gain",
+                float,
+                None,
+                min=0.0,
+                help="A flat detector gain (ADU per photon) applied to every pixel, "
+                "multiplying the gain from the image format. None: use the "
+                "format's gain (1 where the format gives none).",
+            ),
+            leaf(
+                "kernel_size",
+                ints(2),
+                (3, 3),
+                min=1,
+                help="Half-size (nx, ny) of the local box, (2*nx+1) by (2*ny+1) pixels "
+                "centred on each pixel, in which the mean and variance are computed.",
+                expert_level=1,
+            ),
+            leaf(
+                "sigma_background",
+                float,
+                6.0,
+                help="A pixel is background when the index of dispersion (variance / "
+                "mean) of its box is below 1 plus this many standard deviations.",
+                expert_level=1,
+            ),
+            leaf(
+                "sigma_strong",
+                float,
+                3.0,
+                help="A pixel is strong when it lies more than this many standard "
+                "deviations above the mean of its box.",
+                expert_level=1,
+            ),
+            leaf(
+                "min_local",
+                int,
+                2,
+                help="Fewest valid pixels a box must contain for the pixel to be "
+                "classified; 0 or less requires the whole box, which makes a border of "
+                "background pixels at image edges and around masked pixels.",
+                expert_level=1,
+            ),
+            leaf(
+                "global_threshold",
+                float,
+                0.0,
+                allow_auto=True,
+                help="Pixels at or below this value are always background. Auto: "
+                "estimate it from the image.",
+            ),
+        ],
+    )
+
+
+def _radial_scope() -> Scope:
+    return scope(
+        "radial",
+        help="Parameters of the radial algorithm (peakfinder8-like: background "
+        "and noise from resolution rings, as CrystFEL's --peaks=peakfinder8).",
+        children=[
+            leaf(
+                "threshold",
+                float,
+                800.0,
+                min=0.0,
+                help="Absolute threshold (ADU): pixels at or below it never belong "
+                "to a peak (peakfinder8 --threshold).",
+            ),
+            leaf(
+                "min_snr",
+                float,
+                5.0,
+                min=0.0,
+                help="Minimum signal-to-noise ratio above the ring background for a "
+                "peak pixel (--min-snr).",
+            ),
+            leaf(
+                "min_pix_count",
+                int,
+                2,
+                min=1,
+                help="Fewest connected pixels in a peak (--min-pix-count).",
+            ),
+            leaf(
+                "max_pix_count",
+                int,
+                200,
+                min=1,
+                help="Most connected pixels in a peak (--max-pix-count).",
+            ),
+            leaf(
+                "local_bg_radius",
+                int,
+                3,
+                min=1,
+                help="Radius in pixels of the ring around a peak used for its local "
+                "background (--local-bg-radius).",
+                expert_level=1,
+            ),
+        ],
+    )
+
+
+def spotfinder_scope(
+    algorithms: Sequence[str] = THRESHOLD_ALGORITHMS,
+    default_algorithm: str | None = None,
+) -> Scope:
+    """``spotfinder``: thresholding, filtering and the mask.
+
+    Parameters
+    ----------
+    algorithms : sequence of str
+        Names for ``threshold.algorithm`` (the spot-finder registry's names).
+    default_algorithm : str, optional
+        Default algorithm (default: the first name).
+
+    Returns
+    -------
+    Scope
+    """
+    algorithms = tuple(algorithms)
+    return scope(
+        "spotfinder",
+        help="Finding strong spots on each shot.",
+        children=[
+            scope(
+                "lookup",
+                help="Lookup files.",
+                children=[
+                    leaf(
+                        "mask",
+                        PATH,
+                        None,
+                        help="A mask file: pixels marked False are never used.",
+                    ),
+                ],
+            ),
+            scope(
+                "threshold",
+                help="Classifying pixels as strong or background.",
+                children=[
+                    leaf(
+                        "algorithm",
+                        choice(algorithms),
+                        default_algorithm or algorithms[0],
+                        help="The thresholding algorithm.",
+                    ),
+                    _dispersion_scope(),
+                    _radial_scope(),
+                ],
+            ),
+            scope(
+                "filter",
+                help="Accepting or rejecting pixels and the spots made from them.",
+                children=[
+                    leaf(
+                        "min_spot_size",
+                        int,
+                        "auto",
+                        min=1,
+                        help="Fewest connected strong pixels for a spot. Auto: chosen "
+                        "from the detector (3 for most pixel-array detectors).",
+                    ),
+                    leaf(
+                        "max_spot_size",
+                        int,
+                        1000,
+                        min=1,
+                        help="Most connected strong pixels for a spot.",
+                    ),
+                    leaf(
+                        "max_separation",
+                        float,
+                        2.0,
+                        min=0.0,
+                        help="Largest distance (pixels) between a spot's brightest pixel "
+                        "and its centroid.",
+                        expert_level=1,
+                    ),
+                    leaf(
+                        "max_strong_pixel_fraction",
+                        float,
+                        0.25,
+                        min=0.0,
+                        max=1.0,
+                        help="A shot with more than this fraction of its pixels strong "
+                        "fails spot finding (the threshold is wrong for it).",
+                        expert_level=1,
+                    ),
+                    leaf(
+                        "d_min",
+                        float,
+                        None,
+                        min=0.0,
+                        help="High-resolution limit (Å): pixels beyond it are not used.",
+                    ),
+                    leaf(
+                        "d_max",
+                        float,
+                        None,
+                        min=0.0,
+                        help="Low-resolution limit (Å): pixels inside it are not used.",
+                    ),
+                    leaf(
+                        "border",
+                        int,
+                        0,
+                        min=0,
+                        help="Width in pixels of the edge of every panel that is not "
+                        "used.",
+                        expert_level=1,
+                    ),
+                    scope(
+                        "ice_rings",
+                        help="Masking powder rings of hexagonal ice.",
+                        children=[
+                            leaf(
+                                "filter",
+                                bool,
+                                False,
+                                help="Do not use pixels on ice rings.",
+                            ),
+                            leaf(
+                                "unit_cell",
+                                UNIT_CELL,
+                                (4.498, 4.498, 7.338, 90.0, 90.0, 120.0),
+                                help="Unit cell from which the ring resolutions are "
+                                "generated.",
+                                expert_level=1,
+                            ),
+                            leaf(
+                                "space_group",
+                                SPACE_GROUP,
+                                "194",
+                                help="Space group from which the ring resolutions are "
+                                "generated.",
+                                expert_level=1,
+                            ),
+                            leaf(
+                                "width",
+                                float,
+                                0.002,
+                                min=0.0,
+                                help="Full width of a ring in 1/d² (Å⁻²).",
+                                expert_level=1,
+                            ),
+                            leaf(
+                                "d_min",
+                                float,
+                                None,
+                                min=0.0,
+                                help="High-resolution limit for generating rings (Å); "
+                                "None: the detector's corner resolution.",
+                                expert_level=1,
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+def indexing_scope(
+    methods: Sequence[str] = INDEXING_METHODS,
+    default_method: str | None = None,
+) -> Scope:
+    """``indexing``: lattice search, symmetry and candidate choice.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Names for ``indexing.method`` (the indexer registry's names).
+    default_method : str, optional
+        Default method (default: the first name).
+
+    Returns
+    -------
+    Scope
+    """
+    methods = tuple(methods)
+    return scope(
+        "indexing",
+        help="Indexing the strong spots of each shot.",
+        children=[
+            leaf(
+                "method",
+                choice(methods),
+                default_method or methods[0],
+                help="The basis-vector / lattice search method.",
+            ),
+            scope(
+                "known_symmetry",
+                help="Target symmetry: with it, only lattices consistent with the "
+                "given cell and space group are accepted.",
+                children=[
+                    leaf(
+                        "space_group",
+                        SPACE_GROUP,
+                        None,
+                        help="Target space group, e.g. P41212 or 19.",
+                    ),
+                    leaf(
+                        "unit_cell",
+                        UNIT_CELL,
+                        None,
+                        help="Target unit cell a,b,c,alpha,beta,gamma (Å, degrees), "
+                        "e.g. 58.4,58.4,152.3,90,90,90.",
+                    ),
+                    leaf(
+                        "relative_length_tolerance",
+                        float,
+                        0.1,
+                        min=0.0,
+                        help="Relative tolerance on cell lengths when comparing a "
+                        "candidate cell with the target.",
+                        expert_level=1,
+                    ),
+                    leaf(
+                        "absolute_angle_tolerance",
+                        float,
+                        5.0,
+                        min=0.0,
+                        help="Tolerance (degrees) on cell angles when comparing a "
+                        "candidate cell with the target.",
+                        expert_level=1,
+                    ),
+                    leaf(
+                        "max_delta",
+                        float,
+                        5.0,
+                        min=0.0,
+                        help="Largest Le Page delta (degrees) allowed when looking for "
+                        "basis combinations consistent with the target symmetry.",
+                        expert_level=1,
+                    ),
+                ],
+            ),
+            leaf(
+                "min_cell",
+                float,
+                3.0,
+                min=0.0,
+                help="Shortest candidate basis vector (Å).",
+                expert_level=1,
+            ),
+            leaf(
+                "max_cell",
+                float,
+                "auto",
+                min=0.0,
+                help="Longest candidate basis vector (Å). Auto: estimated from the "
+                "spot positions.",
+                expert_level=1,
+            ),
+            leaf(
+                "min_cell_volume",
+                float,
+                25.0,
+                min=0.0,
+                help="Smallest candidate unit cell volume (Å³).",
+                expert_level=1,
+            ),
+            scope(
+                "index_assignment",
+                help="Assigning Miller indices to spots.",
+                expert_level=1,
+                children=[
+                    scope(
+                        "simple",
+                        children=[
+                            leaf(
+                                "hkl_tolerance",
+                                float,
+                                0.3,
+                                min=0.0,
+                                max=0.5,
+                                help="Largest distance of a spot's fractional Miller "
+                                "index from the nearest integer for it to be indexed.",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            scope(
+                "refinement_protocol",
+                help="Refinement done as part of indexing.",
+                children=[
+                    leaf(
+                        "d_min_start",
+                        float,
+                        None,
+                        min=0.0,
+                        help="Resolution limit (Å) of the spots used in the refinement "
+                        "after indexing a still; None: all spots.",
+                    ),
+                ],
+            ),
+            scope(
+                "multiple_lattice_search",
+                help="Indexing several lattices on one shot.",
+                expert_level=1,
+                children=[
+                    leaf(
+                        "max_lattices",
+                        int,
+                        1,
+                        min=1,
+                        help="Most lattices to index on one shot.",
+                    ),
+                    leaf(
+                        "recycle_unindexed_reflections_cutoff",
+                        float,
+                        0.1,
+                        min=0.0,
+                        max=1.0,
+                        help="Search for another lattice only if more than this "
+                        "fraction of the spots is still unindexed.",
+                    ),
+                    leaf(
+                        "minimum_angular_separation",
+                        float,
+                        5.0,
+                        min=0.0,
+                        help="Smallest misorientation (degrees) between two lattices "
+                        "of one shot.",
+                    ),
+                ],
+            ),
+            scope(
+                "stills",
+                help="Choosing among candidate lattices of a still shot.",
+                children=[
+                    leaf(
+                        "ewald_proximity_resolution_cutoff",
+                        float,
+                        2.0,
+                        min=0.0,
+                        help="High-resolution cutoff (Å) used to compute the volume of "
+                        "reciprocal space near the Ewald sphere accepted for "
+                        "prediction.",
+                        expert_level=1,
+                    ),
+                    leaf(
+                        "refine_all_candidates",
+                        bool,
+                        True,
+                        help="Refine every candidate basis before choosing; False: "
+                        "choose the candidate with the lowest RMSD unrefined.",
+                    ),
+                    leaf(
+                        "candidate_outlier_rejection",
+                        bool,
+                        True,
+                        help="Reject outliers (Sauter & Poon 2010) while refining "
+                        "candidates.",
+                        expert_level=1,
+                    ),
+                    leaf(
+                        "refine_candidates_with_known_symmetry",
+                        bool,
+                        False,
+                        help="False: refine candidates in P1 and apply the known "
+                        "symmetry afterwards. True: convert candidates to the known "
+                        "symmetry first and refine them there.",
+                        expert_level=2,
+                    ),
+                    leaf(
+                        "rmsd_min_px",
+                        float,
+                        2.0,
+                        min=0.0,
+                        help="Largest positional RMSD (pixels) of an acceptable "
+                        "candidate.",
+                    ),
+                    leaf(
+                        "ewald_proximal_volume_max",
+                        float,
+                        0.0025,
+                        min=0.0,
+                        help="Largest Ewald-proximal volume of an acceptable candidate.",
+                        expert_level=1,
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+def refinement_scope() -> Scope:
+    """``refinement``: model parameterisation and least squares.
+
+    Defaults are those dials.stills_process uses for stills: beam and detector
+    fixed (only the crystal is refined per shot; the metrology command
+    refines the detector over many shots), statistical weights replaced by
+    the stills weighting.
+
+    Returns
+    -------
+    Scope
+    """
+    return scope(
+        "refinement",
+        help="Refinement of the experimental models against spot positions.",
+        children=[
+            scope(
+                "parameterisation",
+                help="Which model parameters are refined.",
+                children=[
+                    scope(
+                        "auto_reduction",
+                        help="What to do when there are too few spots for the "
+                        "parameters.",
+                        expert_level=1,
+                        children=[
+                            leaf(
+                                "min_nref_per_parameter",
+                                int,
+                                1,
+                                min=1,
+                                help="Fewest spots per refined parameter of a model "
+                                "before the action below is taken.",
+                            ),
+                            leaf(
+                                "action",
+                                choice(["fail", "fix", "remove"]),
+                                "fix",
+                                help="fail: stop refinement; fix: keep that model's "
+                                "parameters at their starting values; remove: also "
+                                "drop its spots from the refinement.",
+                            ),
+                        ],
+                    ),
+                    scope(
+                        "beam",
+                        children=[
+                            leaf(
+                                "fix",
+                                choice(
+                                    ["all", "in_spindle_plane", "out_spindle_plane",
+                                     "wavelength"],
+                                    multi=True,
+                                ),
+                                ("all",),
+                                help="Beam parameters kept fixed (several may be "
+                                "starred).",
+                            ),
+                        ],
+                    ),
+                    scope(
+                        "crystal",
+                        children=[
+                            leaf(
+                                "fix",
+                                choice(["all", "cell", "orientation"], multi=True),
+                                (),
+                                help="Crystal parameters kept fixed.",
+                            ),
+                        ],
+                    ),
+                    scope(
+                        "detector",
+                        children=[
+                            leaf(
+                                "panels",
+                                choice(["automatic", "single", "multiple",
+                                        "hierarchical"]),
+                                "automatic",
+                                help="single/multiple: the whole detector moves as one "
+                                "rigid body; hierarchical: each group at "
+                                "hierarchy_level moves as its own rigid body; "
+                                "automatic: hierarchical for multi-panel detectors "
+                                "with a hierarchy, else single.",
+                                expert_level=1,
+                            ),
+                            leaf(
+                                "hierarchy_level",
+                                int,
+                                0,
+                                min=0,
+                                help="Level of the detector hierarchy (0: the whole "
+                                "detector) whose groups are refined independently.",
+                            ),
+                            leaf(
+                                "fix",
+                                choice(["all", "position", "orientation", "distance"],
+                                       multi=True),
+                                ("all",),
+                                help="Detector parameters kept fixed (position: all "
+                                "translations; distance: the one along the normal).",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            scope(
+                "refinery",
+                help="The least-squares minimiser.",
+                expert_level=1,
+                children=[
+                    leaf(
+                        "engine",
+                        choice(["LevMar", "GaussNewton"]),
+                        "LevMar",
+                        help="Levenberg-Marquardt or Gauss-Newton.",
+                    ),
+                    leaf(
+                        "max_iterations",
+                        int,
+                        None,
+                        min=1,
+                        help="Most iterations; None: the engine's own limit.",
+                    ),
+                ],
+            ),
+            scope(
+                "reflections",
+                help="Which spots are used and how they are weighted.",
+                children=[
+                    scope(
+                        "outlier",
+                        children=[
+                            leaf(
+                                "algorithm",
+                                choice(["null", "auto", "tukey", "sauter_poon"]),
+                                "auto",
+                                help="Outlier rejection. null: none; auto: sauter_poon "
+                                "for stills.",
+                            ),
+                        ],
+                    ),
+                    scope(
+                        "weighting_strategy",
+                        expert_level=1,
+                        children=[
+                            leaf(
+                                "override",
+                                choice(["statistical", "stills", "constant"]),
+                                "stills",
+                                help="statistical: inverse variances of the centroids; "
+                                "stills: statistical in x and y with a constant weight "
+                                "for the angular residual; constant: all equal.",
+                            ),
+                            leaf(
+                                "delpsi_constant",
+                                float,
+                                1000000.0,
+                                min=0.0,
+                                help="Weight of the DeltaPsi residual with the stills "
+                                "strategy.",
+                            ),
+                            leaf(
+                                "constant",
+                                float,
+                                1.0,
+                                min=0.0,
+                                help="The weight of every residual with the constant "
+                                "strategy.",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+def common_definition() -> Scope:
+    """All the shared scopes together (a convenient base definition).
+
+    Returns
+    -------
+    Scope
+        A root with input, output, mp, dispatch, spotfinder, indexing and
+        refinement.
+    """
+    return root(
+        input_scope(),
+        output_scope(),
+        mp_scope(),
+        dispatch_scope(),
+        spotfinder_scope(),
+        indexing_scope(),
+        refinement_scope(),
+    )
