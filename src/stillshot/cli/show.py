@@ -32,7 +32,7 @@ def summarise(experiment: Experiment) -> list[str]:
     beam, det = experiment.beam, experiment.detector
     lines = []
     sizes = sorted({p.image_size for p in det})
-    px = sorted({p.pixel_size for p in det})
+    px = sorted({(round(a, 6), round(b, 6)) for a, b in (p.pixel_size for p in det)})
     lines.append(
         f"  detector: {len(det)} panel{'s' if len(det) != 1 else ''}"
         f" ({', '.join(f'{a}x{b}' for a, b in sizes)} px, pixel {', '.join(f'{a:g}x{b:g}' for a, b in px)} mm),"

@@ -20,9 +20,12 @@ by :func:`decode_section`:
 * ``x-CBF_BYTE_OFFSET`` (Pilatus, Eiger and most full CBFs): a numba kernel,
   :func:`byte_offset_decode` (about 10 ms for a Pilatus 6M image; the tests
   compare it pixel by pixel with fabio's decoder).
-* ``x-CBF_PACKED`` / ``x-CBF_PACKED_V2`` (cctbx.xfel's CSPAD CBFs): CBFlib via
-  pycbf, fed one section at a time in a minimal synthetic CBF so that CBFlib
-  never parses the (long-lined, possibly compressed) original file.
+* ``x-CBF_PACKED`` / ``x-CBF_PACKED_V2`` (cctbx.xfel's CSPAD CBFs): signed
+  32-bit data by a numba port of CBFlib's decoder, :func:`packed_decode`
+  (about 5 ms per 574,240-pixel CSPAD array, bit-identical to CBFlib on the
+  test data); other element types by CBFlib via pycbf, fed one section at a
+  time in a minimal synthetic CBF so that CBFlib never parses the
+  (long-lined, possibly compressed) original file.
 * ``x-CBF_NONE`` or no conversion: the raw little/big-endian array.
 
 This module raises :class:`CBFError` (a ValueError) with a plain reason; the
@@ -352,6 +355,225 @@ def byte_offset_decode(payload, n_elements: int, dtype=np.int32) -> np.ndarray:
     return out
 
 
+#: Offset widths (bits) of CBF_PACKED chunk codes (index = code bits 3-5) and of
+#: CBF_PACKED_V2 (index = code bits 3-6); 65 means "a full element".
+_PACKED_BITS = np.array([0, 4, 5, 6, 7, 8, 16, 65], dtype=np.int64)
+_PACKED_V2_BITS = np.array([0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 65], dtype=np.int64)
+#: Right shift that divides a sum of 2k neighbours by their count (CBFlib's table).
+_JPA_SHIFT = np.array([1, 2, 0, 3], dtype=np.int64)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _wrap32(value):
+    value &= 0xFFFFFFFF
+    if value >= 0x80000000:
+        value -= 0x100000000
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _jpa_row(out, row_start, m, dimfast, plane, back, rowsum, rowshift, rowhalf):
+    """Predictor terms of one row that do not depend on the row itself.
+
+    CBFlib's predictor (J. P. Abrahams' averaging of already-decoded
+    neighbours) for the element at column f of row m of a section is the
+    rounded mean of: the previous element (f > 0) and, in rows after the
+    first, the row above at columns f+1 (not in the last column), f and f-1
+    (not in the first or last column); with ``back`` (sections after the
+    first, correlated) each of those again one section back, the previous
+    element's partner being the element directly below.  In the first row of
+    a section the first element uses only the element directly below it.
+    Fills, per column, the sum of the terms known before the row is decoded,
+    and the rounding (half the term count) and shift of the mean.
+    """
+    for f in range(dimfast):
+        n = row_start + f
+        total = np.int64(0)
+        count = 0
+        if m > 0:
+            up = n - dimfast
+            last = f == dimfast - 1
+            if f > 0:
+                count += 1  # the previous element, added while decoding
+                if back:
+                    total += out[n - plane]
+                    count += 1
+            if f == 0 or not last:
+                total += out[up + 1]
+                count += 1
+                if back:
+                    total += out[up + 1 - plane]
+                    count += 1
+            total += out[up]
+            count += 1
+            if back:
+                total += out[up - plane]
+                count += 1
+            if f > 0 and not last:
+                total += out[up - 1]
+                count += 1
+                if back:
+                    total += out[up - 1 - plane]
+                    count += 1
+        elif f == 0:
+            if n >= plane:
+                total += out[n - plane]
+            count = 1
+        else:
+            count = 1  # the previous element only
+        rowsum[f] = total
+        half = count >> 1
+        rowhalf[f] = half
+        rowshift[f] = _JPA_SHIFT[half - 1] if half > 0 else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _packed_kernel(src, out, v2, averaging, dimfast, plane, correlated):
+    """Decode CBF_PACKED(_V2) int32 data into ``out``; 0, or -1 if ``src`` ends early.
+
+    The bit stream is little-endian and LSB first; it starts after a 32-byte
+    header (element count, minimum, maximum, reserved; 64 bits each).
+    """
+    n_src = src.size
+    pos = 32  # next byte to load
+    acc = np.uint64(0)  # bit accumulator, next bit at the bottom
+    nacc = 0  # valid bits in acc
+    code_bits = 7 if v2 else 6
+    table = _PACKED_V2_BITS if v2 else _PACKED_BITS
+    code_mask = 15 if v2 else 7
+    nmid = plane // dimfast
+    nelem = out.size
+    rowsum = np.zeros(dimfast, dtype=np.int64)
+    rowshift = np.zeros(dimfast, dtype=np.int64)
+    rowhalf = np.zeros(dimfast, dtype=np.int64)
+    count = 0
+    f = 0  # column, row and section of element `count`
+    m = 0
+    sec = 0
+    previous = np.int64(0)
+    predictor = np.int64(0)
+    if averaging:
+        _jpa_row(out, 0, 0, dimfast, plane, False, rowsum, rowshift, rowhalf)
+    while count < nelem:
+        while nacc < code_bits:
+            if pos >= n_src:
+                return -1
+            acc |= np.uint64(src[pos]) << np.uint64(nacc)
+            pos += 1
+            nacc += 8
+        code = np.int64(acc & np.uint64((1 << code_bits) - 1))
+        acc >>= np.uint64(code_bits)
+        nacc -= code_bits
+        run = 1 << (code & 7)
+        bits = table[(code >> 3) & code_mask]
+        if averaging and bits == 65:
+            bits = 32
+        if run > nelem - count:
+            run = nelem - count
+        for _ in range(run):
+            offset = np.int64(0)
+            if bits > 0:
+                take = bits if bits <= 32 else 32
+                while nacc < take:
+                    if pos >= n_src:
+                        return -1
+                    acc |= np.uint64(src[pos]) << np.uint64(nacc)
+                    pos += 1
+                    nacc += 8
+                offset = np.int64(acc & np.uint64((1 << take) - 1))
+                acc >>= np.uint64(take)
+                nacc -= take
+                if bits > 32:
+                    offset = _wrap32(offset)
+                    skip = bits - 32  # the high part of a 65-bit offset is not used
+                    while skip > 0:
+                        while nacc < 1:
+                            if pos >= n_src:
+                                return -1
+                            acc |= np.uint64(src[pos]) << np.uint64(nacc)
+                            pos += 1
+                            nacc += 8
+                        step = skip if skip < nacc else nacc
+                        acc >>= np.uint64(step)
+                        nacc -= step
+                        skip -= step
+                elif offset >= (np.int64(1) << (bits - 1)):
+                    offset -= np.int64(1) << bits
+            value = _wrap32(predictor + offset)
+            out[count] = value
+            previous = value
+            count += 1
+            f += 1
+            if f == dimfast:
+                f = 0
+                m += 1
+                if m == nmid:
+                    m = 0
+                    sec += 1
+            if averaging:
+                if f == 0 and count < nelem:
+                    _jpa_row(out, count, m, dimfast, plane, correlated and sec > 0, rowsum, rowshift, rowhalf)
+                total = rowsum[f] + (previous if f > 0 else 0)
+                average = _wrap32(total)
+                half = rowhalf[f]
+                if half > 0:
+                    average = _wrap32(average + half) >> rowshift[f]
+                predictor = average
+            else:
+                predictor = value
+    return 0
+
+
+def packed_decode(payload, section: "BinarySection") -> np.ndarray:
+    """Decode a CBF ``x-CBF_PACKED`` / ``x-CBF_PACKED_V2`` signed 32-bit payload.
+
+    A numba port of CBFlib's ``cbf_decompress_packed``: chunks of 1, 2, 4 … 128
+    offsets of a common bit width, added to a predictor that is the previous
+    element or, when the MIME header gives the array dimensions (CBFlib's
+    default), the rounded mean of the already-decoded neighbours (J. P.
+    Abrahams' CCP4 scheme, across sections unless ``uncorrelated_sections``).
+
+    Parameters
+    ----------
+    payload : bytes-like
+        The compressed bytes (after the start-of-data marker).
+    section : BinarySection
+        Its MIME header (element count, dimensions, conversion flags).
+
+    Returns
+    -------
+    ndarray of int32, shape (n_elements,)
+    """
+    src = np.frombuffer(payload, dtype=np.uint8)
+    out = np.empty(section.n_elements, dtype=np.int32)
+    if section.n_elements == 0:
+        return out
+    mime = section.mime.decode("latin-1").lower()
+    conversion = section.conversion.lower()
+    fast, mid, slow = section.dims
+    averaging = (fast or mid or slow) and "flat" not in mime
+    mid = mid or 1
+    slow = slow or 1
+    fast = fast or section.n_elements // (mid * slow)
+    if fast * mid * slow != section.n_elements:
+        raise CBFError(f"binary section {section.index}: its dimensions do not match its element count")
+    correlated = "uncorrelated" not in mime
+    status = _packed_kernel(
+        src,
+        out,
+        conversion.endswith("_v2"),
+        bool(averaging),
+        np.int64(fast),
+        np.int64(fast * mid),
+        correlated,
+    )
+    if status < 0:
+        raise CBFError(
+            f"packed data of binary section {section.index} ends early (file truncated or corrupt?)"
+        )
+    return out
+
+
 def _decode_packed_pycbf(buf: bytes, section: BinarySection, dtype) -> np.ndarray:
     """Decode a CBF_PACKED section with CBFlib (pycbf) from a minimal one-array CBF."""
     import pycbf
@@ -421,7 +643,10 @@ def decode_section(buf: bytes, section: BinarySection) -> np.ndarray:
             raise CBFError(f"binary section {section.index}: byte-offset data must be integers")
         flat = byte_offset_decode(payload, section.n_elements, dtype)
     elif conversion in ("x-cbf_packed", "x-cbf_packed_v2"):
-        flat = _decode_packed_pycbf(buf, section, dtype)
+        if dtype == np.int32 and (section.dims[0] == 0 or section.dims[0] > 1):
+            flat = packed_decode(payload, section)
+        else:
+            flat = _decode_packed_pycbf(buf, section, dtype)
     elif conversion in ("", "x-cbf_none"):
         flat = _decode_none(payload, section, dtype)
     else:
