@@ -46,9 +46,8 @@ is ``(underload_value - 1, saturation_value)`` with ±0x7FFFFFFF defaults
 
 Parallax: for silicon sensors the attenuation coefficient ``mu`` (1/mm) at
 the first frame's wavelength is set with DIALS's parallax-corrected px↔mm
-strategy, as dxtbx does (:func:`silicon_mu`, 0.2–3 Å).  Other materials
-(CdTe, GaAs), whose absorption edges fall in the X-ray range, get ``mu = 0``
-and the simple strategy: not done yet.
+strategy, as dxtbx does (:func:`stillshot.io.attenuation.attenuation_mu`, Si and CdTe).
+Materials without a table (GaAs) get ``mu = 0`` and the simple strategy.
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ import re
 
 import numpy as np
 
+from stillshot.io.attenuation import attenuation_mu
 from stillshot.io.base import ImageFile, ImageFormatError, register
 from stillshot.models import Beam, Detector, Frame, Group, Panel
 
@@ -85,39 +85,6 @@ _ENERGY = {"ev": 1.0, "kev": 1000.0, "j": 1.0 / 1.602176634e-19}
 
 #: Sensor material names dxtbx accepts.
 KNOWN_SENSOR_MATERIALS = {"Si": "Si", "Silicon": "Si", "CdTe": "CdTe", "GaAs": "GaAs"}
-
-
-#: Linear attenuation coefficient of silicon (1/mm) at 161 wavelengths log-spaced from 0.2
-#: to 3.0 Å (NIST data as cctbx's ``eltbx.attenuation_coefficient`` tabulates them, which
-#: dxtbx uses); interpolated log-log, within 1e-3 of cctbx's values (no edges in this range).
-_SI_MU_LOG_RANGE = (0.2, 3.0)
-_SI_MU_PER_MM = (
-    0.071696, 0.073249, 0.074876, 0.077082, 0.079354, 0.081692, 0.084099, 0.086578, 0.089129,
-    0.091756, 0.09446, 0.097243, 0.10011, 0.10326, 0.107, 0.11088, 0.1149, 0.11907, 0.12338,
-    0.12785, 0.13249, 0.13729, 0.14227, 0.14742, 0.15277, 0.15831, 0.16417, 0.17124, 0.17862,
-    0.18631, 0.19433, 0.20271, 0.21144, 0.22054, 0.23004, 0.23995, 0.25029, 0.26107, 0.27232,
-    0.28405, 0.29628, 0.30904, 0.32236, 0.33645, 0.35276, 0.36986, 0.38779, 0.40659, 0.42631,
-    0.44697, 0.46864, 0.49137, 0.51519, 0.54017, 0.56636, 0.59381, 0.6226, 0.65279, 0.68444,
-    0.71762, 0.75241, 0.78889, 0.82714, 0.86724, 0.90929, 0.95337, 0.9996, 1.0484, 1.1015,
-    1.1573, 1.216, 1.2776, 1.3423, 1.4103, 1.4817, 1.5568, 1.6357, 1.7185, 1.8056, 1.897,
-    1.9931, 2.0941, 2.2002, 2.3117, 2.4288, 2.5522, 2.6819, 2.8181, 2.9613, 3.1117, 3.2698,
-    3.4359, 3.6105, 3.7939, 3.9866, 4.1891, 4.402, 4.6256, 4.8606, 5.1075, 5.367, 5.6396,
-    5.9261, 6.2272, 6.5435, 6.8759, 7.2252, 7.5923, 7.9771, 8.3779, 8.7989, 9.241, 9.7053,
-    10.193, 10.705, 11.243, 11.808, 12.401, 13.024, 13.679, 14.366, 15.088, 15.834, 16.618,
-    17.44, 18.303, 19.209, 20.16, 21.157, 22.204, 23.303, 24.456, 25.666, 26.937, 28.27, 29.668,
-    31.137, 32.678, 34.294, 35.959, 37.706, 39.537, 41.457, 43.47, 45.581, 47.795, 50.116,
-    52.549, 55.101, 57.765, 60.521, 63.408, 66.433, 69.602, 72.923, 76.402, 80.047, 83.865,
-    87.866, 92.058, 96.45
-)
-
-
-def silicon_mu(wavelength: float) -> float | None:
-    """Linear attenuation coefficient of Si in 1/mm at a wavelength in Å (None outside 0.2–3 Å)."""
-    lo, hi = _SI_MU_LOG_RANGE
-    if not lo <= wavelength <= hi:
-        return None
-    grid = np.linspace(np.log(lo), np.log(hi), len(_SI_MU_PER_MM))
-    return float(np.exp(np.interp(np.log(wavelength), grid, np.log(_SI_MU_PER_MM))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -526,8 +493,8 @@ class NexusFile(ImageFile):
         )
         # parallax, as dxtbx: mu at the first frame's wavelength (silicon only here)
         wl = self._wavelengths
-        mu = silicon_mu(float(wl[0])) if material == "Si" and thickness > 0 and wl is not None and wl.size else None
-        if mu is not None:
+        mu = attenuation_mu(material, float(wl[0])) if thickness > 0 and wl is not None and wl.size else 0.0
+        if mu > 0.0:
             common.update(mu=mu, px_mm_strategy={"type": "ParallaxCorrectedPxMmStrategy"})
         m_ = MCSTAS_TO_IMGCIF
         if len(self._modules) == 1:
@@ -711,4 +678,4 @@ def wavelength_from_energy(ev: float) -> float:
     return HC_EV_ANGSTROM / float(ev)
 
 
-__all__ = ["NexusFile", "MCSTAS_TO_IMGCIF", "open_hdf5", "is_hdf5", "is_nxmx", "silicon_mu", "wavelength_from_energy"]
+__all__ = ["NexusFile", "MCSTAS_TO_IMGCIF", "open_hdf5", "is_hdf5", "is_nxmx", "wavelength_from_energy"]
