@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from stillshot.config.tree import (
     PATH,
+    Auto,
     SPACE_GROUP,
     UNIT_CELL,
     Scope,
@@ -42,17 +43,21 @@ __all__ = [
     "dispatch_scope",
     "indexing_scope",
     "input_scope",
+    "merge_scope",
+    "integration_scope",
     "mp_scope",
     "output_scope",
+    "prediction_scope",
     "refinement_scope",
     "spotfinder_scope",
 ]
 
 #: Spot-finding threshold algorithms offered by default (first is default).
 THRESHOLD_ALGORITHMS = ("dispersion_extended", "dispersion", "radial")
-#: Indexing methods offered by default (first is default, as in
-#: dials.stills_process).
-INDEXING_METHODS = ("fft1d", "fft3d", "real_space_grid_search")
+#: Indexing methods offered by default (the indexer registry's names; first is
+#: default: vector_match indexed the most shots in benchmarks/index.py, and falls
+#: back to fft1d when no unit cell is known).
+INDEXING_METHODS = ("vector_match", "fft1d", "real_space_grid_search")
 
 
 def input_scope() -> Scope:
@@ -101,8 +106,13 @@ def output_scope() -> Scope:
     )
 
 
-def mp_scope() -> Scope:
+def mp_scope(default_nproc: int | str = 1) -> Scope:
     """``mp``: parallel processing over shots (as dials.stills_process).
+
+    Parameters
+    ----------
+    default_nproc : int or Auto
+        Default of ``mp.nproc`` (``process`` uses Auto: every available core).
 
     Returns
     -------
@@ -122,7 +132,7 @@ def mp_scope() -> Scope:
             leaf(
                 "nproc",
                 int,
-                1,
+                default_nproc,
                 min=1,
                 allow_auto=True,
                 help="Number of processes for the multiprocessing method; Auto: "
@@ -318,6 +328,27 @@ def spotfinder_scope(
                         PATH,
                         None,
                         help="A mask file: pixels marked False are never used.",
+                    ),
+                    leaf(
+                        "bad_pixels",
+                        PATH,
+                        None,
+                        help="A dead/hot pixel map (FILE or FILE:KEY; .npy, .npz, HDF5): "
+                        "nonzero pixels are never used (e.g. from stillshot average).",
+                    ),
+                    leaf(
+                        "pedestal",
+                        PATH,
+                        None,
+                        help="Dark (pedestal) image subtracted from every shot, in ADU "
+                        "(FILE or FILE:KEY; e.g. average.npz:mean from stillshot average).",
+                    ),
+                    leaf(
+                        "gain_map",
+                        PATH,
+                        None,
+                        help="Per-pixel gain map the pedestal-subtracted data are "
+                        "divided by (FILE or FILE:KEY).",
                     ),
                 ],
             ),
@@ -786,9 +817,10 @@ def refinement_scope() -> Scope:
                 children=[
                     leaf(
                         "engine",
-                        choice(["LevMar", "GaussNewton"]),
+                        choice(["LevMar", "GaussNewton", "SparseLevMar"]),
                         "LevMar",
-                        help="Levenberg-Marquardt or Gauss-Newton.",
+                        help="Levenberg-Marquardt or Gauss-Newton (SparseLevMar: "
+                        "Levenberg-Marquardt, DIALS's name for its sparse engine).",
                     ),
                     leaf(
                         "max_iterations",
@@ -868,4 +900,213 @@ def common_definition() -> Scope:
         spotfinder_scope(),
         indexing_scope(),
         refinement_scope(),
+    )
+
+
+def prediction_scope() -> Scope:
+    """``prediction``: which reflections a still excites (DIALS's ``prediction.d_min`` ...).
+
+    Returns
+    -------
+    Scope
+    """
+    return scope(
+        "prediction",
+        help="Prediction of the reflections a still excites.",
+        children=[
+            leaf("d_min", float, None, min=0.0,
+                 help="High-resolution limit of the prediction, Å. None: the detector corner."),
+            leaf("d_max", float, None, min=0.0, help="Low-resolution limit of the prediction, Å."),
+            leaf("min_partiality", float, 0.01, min=0.0, max=1.0,
+                 help="Reflections whose estimated partiality (Gaussian mosaic/bandpass model) "
+                 "is smaller are not predicted (unless inside the Δψ envelope)."),
+            leaf("use_envelope", bool, True, expert_level=1,
+                 help="Also predict reflections inside DIALS's stills envelope |Δψ| ≤ d/D + η "
+                 "(D, η the crystal's ML_domain_size_ang and ML_half_mosaicity_deg)."),
+            leaf("bandpass", float, None, min=0.0,
+                 help="Spectral FWHM Δλ/λ for the partiality model. None: the beam's bandwidth."),
+        ],
+    )
+
+
+def integration_scope(algorithms: Sequence[str] = ("summation", "profile")) -> Scope:
+    """``integration``: how the predicted reflections are integrated.
+
+    Names follow DIALS where it has the parameter (``integration.profile.fitting``,
+    ``integration.summation.detector_gain``).
+
+    Parameters
+    ----------
+    algorithms : sequence of str
+        Registered integrator names (``integration.algorithm`` choices besides auto).
+
+    Returns
+    -------
+    Scope
+    """
+    return scope(
+        "integration",
+        help="Integration of the predicted reflections.",
+        children=[
+            leaf("algorithm", choice(["auto", *algorithms]), "auto",
+                 help="The integrator. auto: profile when profile.fitting=True, else summation."),
+            scope("profile", children=[
+                leaf("fitting", bool, True,
+                     help="Also fit a 2-D Gaussian spot profile (intensity.prf.*, beside "
+                     "intensity.sum.*): lower variance for weak spots."),
+            ]),
+            scope("mosaic", help="Override the per-shot mosaic model.", children=[
+                leaf("domain_size_ang", float, None, min=0.0,
+                     help="Mosaic domain size, Å. None: the crystal's ML_domain_size_ang, else "
+                     "estimated from the indexed spots."),
+                leaf("half_mosaicity_deg", float, None, min=0.0,
+                     help="Half mosaic angle, degrees. None: the crystal's ML_half_mosaicity_deg."),
+            ]),
+            scope("summation", children=[
+                leaf("detector_gain", float, Auto, min=0.0, allow_auto=True,
+                     help="ADU per photon. Auto: each panel's gain from the geometry."),
+                leaf("read_noise", float, 0.0, min=0.0, help="Read-noise σ per pixel, ADU."),
+                leaf("n_sigma", float, 3.5, min=0.5,
+                     help="Foreground radius in spot σ (the spot σ broadened by the scatter "
+                     "of the predictions)."),
+                leaf("spot_sigma_px", float, Auto, min=0.05, allow_auto=True,
+                     help="Gaussian σ of a spot, px. Auto: measured on each shot's strongest "
+                     "reflections."),
+                leaf("min_foreground_radius_px", float, 1.5, min=0.5, expert_level=1,
+                     help="Smallest foreground radius, px."),
+            ]),
+            scope("background", children=[
+                leaf("gap_px", float, 1.0, min=0.0,
+                     help="Gap between the foreground and the background, px."),
+                leaf("width_px", float, 3.0, min=0.5,
+                     help="Width of the background region beyond the gap, px."),
+                leaf("outlier_nsigma", float, 4.0, min=1.0,
+                     help="Background pixels further than this many σ from the fitted plane "
+                     "are rejected (iteratively)."),
+                leaf("min_pixels", int, 10, min=3, expert_level=1,
+                     help="Fewest background pixels for a plane (fewer: a constant)."),
+                leaf("variance", choice(["poisson", "empirical"]), "poisson", expert_level=1,
+                     help="Background variance per pixel: poisson (mean + read noise, as DIALS) "
+                     "or empirical (at least the residual mean square of the plane)."),
+            ]),
+        ],
+    )
+
+
+def merge_scope() -> Scope:
+    """The parameters of ``stillshot merge`` (names after DIALS and cctbx.xfel.merge).
+
+    Scopes ``symmetry``, ``scaling``, ``postrefinement``, ``merging`` and
+    ``statistics``, returned under one root (merge it into a command's
+    definition with :func:`~stillshot.config.tree.root`).
+
+    Returns
+    -------
+    Scope
+        A root scope.
+    """
+    return root(
+        scope(
+            "symmetry",
+            help="Symmetry of the merged data and indexing-ambiguity resolution.",
+            children=[
+                leaf("space_group", SPACE_GROUP, None,
+                     help="Merge in this space group; None: the crystals' most common one."),
+                leaf("unit_cell", UNIT_CELL, None,
+                     help="Merged unit cell a,b,c,alpha,beta,gamma (Å, degrees); None: the median "
+                     "of the crystals' cells."),
+                scope(
+                    "ambiguity",
+                    help="Indexing ambiguities of lattices with more symmetry than the point group.",
+                    children=[
+                        leaf("method", choice(["auto", "brehm_diederichs", "reference", "none"]), "auto",
+                             help="auto: against scaling.reference when given, else Brehm & Diederichs "
+                             "clustering of per-shot correlations; none: keep the indexing as it is."),
+                        leaf("max_obliquity", float, 3.0, min=0.0, expert_level=1,
+                             help="Largest obliquity (degrees) of a lattice operator counted as an "
+                             "ambiguity."),
+                        leaf("max_pairwise_shots", int, 1500, min=2, expert_level=1,
+                             help="Shots in the pairwise correlation step; the others are assigned "
+                             "against their merge."),
+                    ],
+                ),
+            ],
+        ),
+        scope(
+            "scaling",
+            help="Per-shot scale factors.",
+            children=[
+                leaf("model", choice(["KB", "K", "none"]), "KB",
+                     help="KB: per-shot scale and B factor; K: scale only; none: no scaling."),
+                leaf("reference", PATH, None,
+                     help="An MTZ of reference intensities (or amplitudes) that every shot is scaled "
+                     "against and indexing ambiguities are resolved against."),
+                leaf("reference_column", str, None, expert_level=1,
+                     help="Column of scaling.reference; None: the first of IMEAN, I, I-obs, F, FP, F-obs."),
+                leaf("cycles", int, 3, min=1, expert_level=1, help="Scale-and-merge cycles."),
+            ],
+        ),
+        scope(
+            "postrefinement",
+            help="Partiality post-refinement against the merged data (Sauter 2015, CrystFEL partialator).",
+            children=[
+                leaf("enable", bool, False,
+                     help="Refine per-shot scale, B, orientation and mosaic parameters of the "
+                     "partiality model."),
+                leaf("cycles", int, 3, min=1, help="Refine-and-merge cycles."),
+                leaf("parameters", choice(["scale", "b_factor", "orientation", "mosaic"], multi=True),
+                     ("scale", "b_factor", "orientation", "mosaic"), expert_level=1,
+                     help="Which per-shot parameters are refined."),
+                leaf("prior_rotation_deg", float, 0.05, min=0.0, expert_level=1,
+                     help="Width (degrees) of the prior on the orientation corrections."),
+                leaf("prior_ln_width", float, 1.0, min=0.0, expert_level=1,
+                     help="Width of the priors on the logarithms of the mosaic widths."),
+                leaf("prior_b_factor", float, 30.0, min=0.0, expert_level=1,
+                     help="Width (Å²) of the prior on per-shot B factors."),
+                leaf("default_domain_size_ang", float, 2000.0, min=1.0, expert_level=1,
+                     help="Mosaic block size (Å) of crystals that carry none."),
+                leaf("default_half_mosaicity_deg", float, 0.02, min=0.0, expert_level=1,
+                     help="Mosaic half-width (degrees) of crystals that carry none."),
+            ],
+        ),
+        scope(
+            "merging",
+            help="Merging to the asymmetric unit.",
+            children=[
+                leaf("d_min", float, None, min=0.0, help="High-resolution limit, Å."),
+                leaf("d_max", float, None, min=0.0, help="Low-resolution limit, Å."),
+                leaf("intensity", choice(["auto", "sum", "prf"]), "auto",
+                     help="Summation or profile-fitted intensities (auto: profile-fitted where "
+                     "integration flagged them, else summation)."),
+                leaf("partiality", choice(["auto", "given", "model", "none"]), "auto",
+                     help="Partiality without post-refinement: integration's column (given; auto "
+                     "when present), the model at the indexed crystal, or none (Monte-Carlo "
+                     "averaging)."),
+                leaf("min_partiality", float, 0.1, min=0.0, max=1.0,
+                     help="Observations with a smaller partiality are not merged."),
+                leaf("error_model", choice(["ev11", "none"]), "ev11",
+                     help="ev11: fit sigma' = sdfac*sqrt(sigma^2 + sdb*I + (sdadd*I)^2) to the "
+                     "scatter of equivalents; none: integration's sigmas."),
+                leaf("variance_model", choice(["predicted", "observed"]), "predicted", expert_level=1,
+                     help="predicted: counting variance of the merged model's prediction plus the "
+                     "background variance; observed: integration's variance as it is."),
+                leaf("min_observations_per_shot", int, 10, min=1,
+                     help="Shots with fewer integrated reflections are rejected."),
+                scope(
+                    "outlier_rejection",
+                    children=[
+                        leaf("zmax", float, 6.0, min=0.0,
+                             help="Reject observations deviating by more than this many sigma "
+                             "from the mean of their equivalents (0: no rejection)."),
+                    ],
+                ),
+                leaf("seed", int, 0, expert_level=1,
+                     help="Seed of the random half-set split and of ambiguity resolution."),
+            ],
+        ),
+        scope(
+            "statistics",
+            help="Merging statistics.",
+            children=[leaf("n_bins", int, 10, min=1, help="Resolution shells.")],
+        ),
     )
