@@ -1082,8 +1082,9 @@ def merge_scope() -> Scope:
                      help="Partiality without post-refinement: integration's column (given; auto "
                      "when present), the model at the indexed crystal, or none (Monte-Carlo "
                      "averaging)."),
-                leaf("min_partiality", float, 0.1, min=0.0, max=1.0,
-                     help="Observations with a smaller partiality are not merged."),
+                leaf("min_partiality", float, 0.4, min=0.0, max=1.0,
+                     help="Observations with a smaller partiality are not merged (0.4 as "
+                     "dials.scale for stills)."),
                 leaf("error_model", choice(["ev11", "none"]), "ev11",
                      help="ev11: fit sigma' = sdfac*sqrt(sigma^2 + sdb*I + (sdadd*I)^2) to the "
                      "scatter of equivalents; none: integration's sigmas."),
@@ -1098,6 +1099,10 @@ def merge_scope() -> Scope:
                         leaf("zmax", float, 6.0, min=0.0,
                              help="Reject observations deviating by more than this many sigma "
                              "from the mean of their equivalents (0: no rejection)."),
+                        leaf("wilson_ratio", float, 40.0, min=0.0,
+                             help="Reject observations stronger than this many times the mean "
+                             "intensity of their resolution shell (hot pixels, zingers; 0: no "
+                             "rejection)."),
                     ],
                 ),
                 leaf("seed", int, 0, expert_level=1,
