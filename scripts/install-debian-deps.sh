@@ -8,7 +8,7 @@ for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-debian-deps: ${packages[*]} already installed"
+    echo "install-debian-deps: ${packages[*]} already installed" >&2
     exit 0
 fi
 SUDO=""

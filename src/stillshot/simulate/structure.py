@@ -16,47 +16,9 @@ import numpy as np
 
 from stillshot.models.crystal import b_matrix, space_group
 from stillshot.simulate._kernels import hash_uniforms
+from stillshot.symmetry import equivalence_keys, laue_rotations, unpack_keys
 
 __all__ = ["StructureModel", "equivalence_keys", "unpack_keys"]
-
-_OFF = 1024  # |h|, |k|, |l| must stay below this
-
-
-def _rotations(sg: gemmi.SpaceGroup) -> np.ndarray:
-    """Point-group rotations acting on Miller indices (h' = h·R), with Friedel -R."""
-    mats = {tuple(np.array(op.rot, dtype=np.int64).ravel() // op.DEN) for op in sg.operations().sym_ops}
-    rots = [np.array(m, dtype=np.int64).reshape(3, 3) for m in sorted(mats)]
-    rots += [-r for r in rots]
-    return np.stack(rots)
-
-
-def equivalence_keys(hkl: np.ndarray, rotations: np.ndarray) -> np.ndarray:
-    """Pack each reflection's symmetry class into one int64 key.
-
-    Parameters
-    ----------
-    hkl : ndarray of int, shape (N, 3)
-    rotations : ndarray of int, shape (R, 3, 3)
-        Integer rotations (h' = h·R), Friedel operators included.
-
-    Returns
-    -------
-    ndarray of int64, shape (N,)
-        The largest packed ``((h+O)·2O + (k+O))·2O + (l+O)`` over the class.
-    """
-    h = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-    eq = np.einsum("nj,rjk->rnk", h, rotations) + _OFF
-    packed = (eq[..., 0] * (2 * _OFF) + eq[..., 1]) * (2 * _OFF) + eq[..., 2]
-    return packed.max(axis=0)
-
-
-def unpack_keys(keys: np.ndarray) -> np.ndarray:
-    """Inverse of the packing in :func:`equivalence_keys` (one member per class)."""
-    k = np.asarray(keys, dtype=np.int64)
-    l_ = k % (2 * _OFF) - _OFF
-    k2 = k // (2 * _OFF)
-    return np.stack([k2 // (2 * _OFF) - _OFF, k2 % (2 * _OFF) - _OFF, l_], axis=1)
-
 
 @dataclass(eq=False)
 class StructureModel:
@@ -94,7 +56,7 @@ class StructureModel:
     def __post_init__(self):
         self.space_group = space_group(self.space_group)
         self.unit_cell = tuple(float(v) for v in self.unit_cell)
-        self._rot = _rotations(self.space_group)
+        self._rot = laue_rotations(self.space_group)
         self._ops = self.space_group.operations()
 
     @property
