@@ -22,21 +22,42 @@ class Progress:
         ``json``: one JSON object per shot on stdout (for batch systems).
     """
 
-    def __init__(self, total: int, mode: str = "bar", stream=None):
+    def __init__(self, total: int = 0, mode: str = "bar", stream=None, label: str = ""):
+        if mode not in ("bar", "quiet", "json"):
+            raise ValueError(f"progress mode must be bar, quiet or json, not {mode!r}")
         self.total = total
         self.mode = mode
+        self.label = label
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
+        self.t0 = time.perf_counter()
         self.last_draw = 0.0
         self.n = self.hits = self.indexed = 0
+
+    def start(self, total: int, skipped: int = 0) -> None:
+        """Set the number of shots to do (called once the run's work is known).
+
+        Parameters
+        ----------
+        total : int
+            Shots this run will process.
+        skipped : int
+            Shots already done by an earlier run into the same directory (resumed).
+        """
+        self.total = total
+        self.t0 = time.perf_counter()
+        if self.mode == "bar" and skipped:
+            self.stream.write(f"{self.label}resuming: {skipped} shots already done, {total} to go\n")
+            self.stream.flush()
+        elif self.mode == "json":
+            print(json.dumps({"event": "start", "to_do": total, "already_done": skipped}), flush=True)
 
     def __call__(self, result: StillResult) -> None:
         self.n += 1
         self.hits += result.is_hit
         self.indexed += result.is_indexed
         if self.mode == "json":
-            print(json.dumps(result.summary()), flush=True)
+            print(json.dumps({"event": "shot", **result.summary()}, default=_plain), flush=True)
         elif self.mode == "bar":
             now = time.perf_counter()
             interval = 0.2 if self.tty else 5.0
@@ -47,7 +68,7 @@ class Progress:
     def line(self, now: float | None = None) -> str:
         """The status line: counts, rates, throughput and time left."""
         now = time.perf_counter() if now is None else now
-        elapsed = max(now - self.start, 1e-9)
+        elapsed = max(now - self.t0, 1e-9)
         rate = self.n / elapsed
         left = (self.total - self.n) / rate if rate > 0 else 0.0
         frac = self.n / self.total if self.total else 1.0
@@ -55,7 +76,7 @@ class Progress:
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         hit = 100.0 * self.hits / self.n if self.n else 0.0
         idx = 100.0 * self.indexed / self.hits if self.hits else 0.0
-        return (f"[{bar}] {self.n}/{self.total} shots  {rate:.1f} shots/s  hits {hit:.1f}%  "
+        return (f"{self.label}[{bar}] {self.n}/{self.total} shots  {rate:.1f} shots/s  hits {hit:.1f}%  "
                 f"indexed {idx:.1f}% of hits  ETA {left:.0f} s")
 
     def _draw(self, now: float) -> None:
@@ -66,6 +87,13 @@ class Progress:
         else:
             self.stream.write(self.line(now) + "\n")
         self.stream.flush()
+
+
+def _plain(obj):
+    """JSON for numpy scalars and arrays (and anything else as text)."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
 
 
 def final_table(totals: dict) -> str:

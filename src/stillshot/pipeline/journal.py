@@ -31,11 +31,6 @@ _HEADER = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 
 
-def shot_key(path: str, frame: int | None) -> str:
-    """The journal key of a shot: its file path and frame index."""
-    return f"{os.path.normpath(path)}\0{'' if frame is None else frame}"
-
-
 def journal_paths(out_dir: str) -> list[str]:
     """The journal files of a directory (one per MPI rank that wrote)."""
     names = sorted(n for n in os.listdir(out_dir) if n.startswith(JOURNAL_NAME)) if os.path.isdir(out_dir) else []
@@ -141,12 +136,12 @@ class Journal:
         Parameters
         ----------
         key : str
-            The shot's identity, :func:`shot_key` of its file and frame.
+            The shot's identity, :func:`stillshot.pipeline.sources.shot_key` of its file and frame.
         """
-        for key, det in new_detectors.items():
-            if key not in self.detectors:
-                self.detectors[key] = det
-                self._write(("detector", (key, det)))
+        for det_key, det in new_detectors.items():
+            if det_key not in self.detectors:
+                self.detectors[det_key] = det
+                self._write(("detector", (det_key, det)))
         self._write(("shot", (key, result)))
         self._fh.flush()
         self.done[key] = result.status
@@ -211,3 +206,125 @@ def done_keys(out_dir: str) -> set[str]:
     for path in journal_paths(out_dir):
         keys.update(body[0] for kind, body, _ in read_records(path) if kind == "shot")
     return keys
+
+
+class JournalIndex:
+    """Where each shot's latest record lies in a directory's journals, for reading in any order.
+
+    Holds only keys and file offsets (and the detectors, shared by all
+    shots), so a run's results can be read one at a time in input order
+    whatever order the workers finished them in.
+
+    Parameters
+    ----------
+    out_dir : str
+    """
+
+    def __init__(self, out_dir: str):
+        self.detectors: dict[str, Detector] = {}
+        self.where: dict[str, tuple[str, int]] = {}
+        for path in journal_paths(out_dir):
+            start = 0
+            for kind, body, end in read_records(path):
+                if kind == "detector":
+                    self.detectors[body[0]] = body[1]
+                else:
+                    self.where[body[0]] = (path, start)
+                start = end
+        self._files: dict[str, object] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.where
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def get(self, key: str) -> StillResult:
+        """The shot's result with its detectors restored.
+
+        Raises
+        ------
+        KeyError
+            For a shot not in the journals.
+        """
+        path, start = self.where[key]
+        fh = self._files.get(path)
+        if fh is None:
+            fh = self._files[path] = open(path, "rb")
+        fh.seek(start)
+        (n,) = _HEADER.unpack(fh.read(_HEADER.size))
+        kind, body = pickle.loads(fh.read(n))
+        return _restore(body[1], self.detectors)
+
+    def close(self) -> None:
+        """Close the journal files."""
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+RUN_RECORD = "stillshot.run.json"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_run_settings(out_dir: str, parameters: dict, inputs: list[str], *, overwrite: bool = False,
+                       ignore: tuple = ()) -> str | None:
+    """Make sure a directory's journal belongs to a run with these parameters and inputs.
+
+    The settings are recorded in ``DIR/stillshot.run.json`` at the start of a
+    run.  A run resumed with other settings would mix results of two
+    configurations, so it is refused, unless ``overwrite``, which deletes the
+    old journals and starts afresh.
+
+    Parameters
+    ----------
+    out_dir : str
+    parameters : dict
+        The run's parameters as nested dicts.
+    inputs : list of str
+        The inputs as given (a new file list is another run).
+    overwrite : bool
+    ignore : tuple of str
+        Parameter name prefixes that may change between a run and its resumption.
+
+    Returns
+    -------
+    str or None
+        Why the directory cannot be resumed, or None (the record is then written).
+    """
+    flat = {k: v for k, v in _flat(parameters).items() if not k.startswith(tuple(ignore))}
+    record = {"parameters": flat, "inputs_sha1": hashlib.sha1("\n".join(inputs).encode()).hexdigest()}
+    path = os.path.join(out_dir, RUN_RECORD)
+    if os.path.exists(path) and journal_paths(out_dir):
+        with open(path) as fh:
+            old = json.load(fh)
+        old_p = old.get("parameters", {})
+        same = lambda k: json.dumps(old_p.get(k), default=str) == json.dumps(flat.get(k), default=str)  # noqa: E731
+        changed = sorted(k for k in set(old_p) | set(flat) if not same(k))
+        if changed or old.get("inputs_sha1") != record["inputs_sha1"]:
+            if not overwrite:
+                what = f"parameter {changed[0]}" if changed else "the input list"
+                return f"output.dir={out_dir} holds a run with different settings ({what} differs)"
+            for p in journal_paths(out_dir):
+                os.remove(p)
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1, default=str)
+    os.replace(tmp, path)
+    return None

@@ -35,6 +35,9 @@ class StillResult:
         Indexed spots, ``id`` = lattice number within this shot.
     integrated : ReflectionTable or None
         Integrated reflections, ``id`` = lattice number within this shot.
+    integrated_crystals : list of Crystal or None
+        Per lattice, the crystal with the mosaic model integration used (None
+        for a lattice that could not be integrated); empty when not integrated.
     timings : dict
         Seconds per stage.
     resolved : dict
@@ -50,6 +53,7 @@ class StillResult:
     experiments: list = field(default_factory=list)
     indexed: ReflectionTable | None = None
     integrated: ReflectionTable | None = None
+    integrated_crystals: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     resolved: dict = field(default_factory=dict)
 
@@ -62,6 +66,11 @@ class StillResult:
     def n_indexed(self) -> int:
         """Number of indexed spots over all lattices."""
         return 0 if self.indexed is None else len(self.indexed)
+
+    @property
+    def n_integrated(self) -> int:
+        """Number of integrated reflections over all lattices."""
+        return 0 if self.integrated is None else len(self.integrated)
 
     @property
     def is_hit(self) -> bool:
@@ -88,6 +97,8 @@ class StillResult:
             "n_spots": self.n_spots,
             "n_indexed": self.n_indexed,
             "n_lattices": len(self.experiments),
+            "n_integrated": self.n_integrated,
             "unit_cell": [round(v, 4) for v in cells[0]] if cells else None,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "resolved": self.resolved,
         }
