@@ -11,6 +11,8 @@ prints, per image:
 * ``ours``: stillshot's :func:`~stillshot.spotfind.find_spots` on a shot in
   memory (after numba warm-up; the best of R repeats per image, median over
   images), one core (the kernels are single-threaded);
+* ``steps``: find_spots' own split of that time (masks, thresholding,
+  spot measurement; wall, one run per image);
 * ``read``: stillshot reading the image file;
 * ``numpy``: one numpy pass over the image (``a.sum()`` over the panels),
   the memory-bound floor;
@@ -75,6 +77,10 @@ def _best(fn, repeats):
     return wall, cpu
 
 
+#: Steps of find_spots timed in SpotFindingResult.timings (wall): masks, pass 1 (+ pass 2), spots.
+_STAGES = ("mask", "threshold", "spots")
+
+
 def bench_ours(files, params, repeats):
     from stillshot.io.base import open_image
     from stillshot.spotfind import find_spots
@@ -88,18 +94,21 @@ def bench_ours(files, params, repeats):
         reads.append(time.perf_counter() - t0)
         shots.append(shot)
     find_spots(shots[0], options)  # numba warm-up (and cached masks)
-    ours, ours_cpu, floor, spots = [], [], [], []
+    ours, ours_cpu, floor, spots, stages = [], [], [], [], []
     for shot in shots:
         w, c = _best(lambda: find_spots(shot, options), repeats)
         ours.append(w)
         ours_cpu.append(c)
         floor.append(_best(lambda: [a.sum() for a in shot.data], repeats)[0])
-        spots.append(find_spots(shot, options).n_spots)
+        res = find_spots(shot, options)
+        spots.append(res.n_spots)
+        stages.append([res.timings.get(k, 0.0) for k in _STAGES])
     n_px = sum(a.size for a in shots[0].data)
     nbytes = sum(a.nbytes for a in shots[0].data)
     return {"ours": statistics.median(ours), "ours_cpu": statistics.median(ours_cpu),
             "read": statistics.median(reads), "numpy": statistics.median(floor),
-            "n_px": n_px, "nbytes": nbytes, "spots": spots}
+            "n_px": n_px, "nbytes": nbytes, "spots": spots,
+            "stages": dict(zip(_STAGES, np.median(np.array(stages), axis=0)))}
 
 
 _MEM_CHILD = r"""
@@ -126,6 +135,9 @@ for ext in (True, False):
 runs = K.label_pixels(idx, a.shape)
 K.spot_statistics(a, valid, m, runs, gain=1.0)
 K.spot_statistics(a, valid, m, runs)
+for conn in (4, 8):
+    K.pixel_spot_blocks(a, valid, idx, connectivity=conn, gain=1.0)
+    K.pixel_spot_blocks(a, valid, idx, connectivity=conn)
 static_mask(shot.detector, shot.beam, options.filter)  # cached per detector for the whole run
 import gc; gc.collect()
 before = status('VmRSS:')
@@ -195,6 +207,8 @@ def main(argv=None) -> int:
               f"spots per image {ours['spots']}")
         print(f"  stillshot find_spots   {ms(ours['ours'])} ms/image wall, {ms(ours['ours_cpu'])} ms CPU "
               f"(one core, after warm-up)")
+        print("  stillshot steps        " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in ours["stages"].items())
+              + " ms (wall, one run per image, median)")
         print(f"  stillshot read         {ms(ours['read'])} ms/image")
         print(f"  numpy one pass         {ms(ours['numpy'])} ms/image (floor)")
         if dials:

@@ -37,6 +37,8 @@ __all__ = [
     "dispersion_pixels",
     "valid_pixels",
     "label_pixels",
+    "pixel_spot_blocks",
+    "stats_from_blocks",
 ]
 
 #: Pixel values at or above this (ADU) are excluded from the local sums (DIALS's BIG).
@@ -48,14 +50,16 @@ _JIT = dict(cache=True, nogil=True)
 # ---------------------------------------------------------------------------
 # dispersion thresholds (DIALS DispersionThreshold / DispersionExtendedThreshold)
 #
-# Pass 1 streams the image once: the validity mask (static mask and trusted
-# range) of each row is made as the row enters the box, running column sums
-# and a prefix sum along the row (float64: exact for integer data) give the
-# box sums, and a vectorised loop tests the index
-# of dispersion.  That loop compares squares instead of calling sqrt
-# (a > x·σ_b·√(2(m−1)) ⇔ a > 0 and a² > 2σ_b²(m−1)x²); pixels within 1e-10 of
-# the tie are re-tested with DIALS's own expression, so the outcome is DIALS's
-# bit for bit.  Everything after pass 1 touches only the (few) flagged pixels.
+# Pass 1 streams the image once.  As a row enters the box its validity
+# (static mask and trusted range) is computed and stored in the same loop
+# that adds it to running column sums (and subtracts the row leaving the
+# box; float64, exact for integer data); a prefix sum along the row gives the
+# box sums, and a vectorised loop tests the index of dispersion.  That loop
+# compares squares instead of calling sqrt (a > x·σ_b·√(2(m−1)) ⇔ a > 0 and
+# a² > 2σ_b²(m−1)x²); pixels within 1e-10 (relative) of the tie are re-tested
+# with DIALS's own expression, so the outcome is DIALS's bit for bit.  Rows
+# without a valid pixel (module gaps) skip the test.  Everything after
+# pass 1 touches only the (few) flagged pixels.
 
 _TIE = 1e-10
 
@@ -119,6 +123,141 @@ def _prefix3(colm, colx, coly, pm, px, py):
         py[i + 1] = c
 
 
+# Row updates of pass 1 on row views (loops from 0 over 1-D views vectorise):
+# ``img``/``st``/``val`` the entering row (its validity is written to ``val``;
+# returns True if any pixel is valid), ``imo``/``vao`` the leaving one.  The
+# arithmetic is that of _cols_one / _cols_both.  Conditions use ``&``/``|``
+# on bools, not ``and``/``or``: short-circuit branches (with the any-valid
+# reduction) kept LLVM from vectorising these loops.  _fl_*: m, x, y summed
+# in float64 (any dtype); _pk_*: m and x packed in one int64 (integer images
+# of up to 32 bits), y in float64.
+
+@nb.njit(**_JIT)
+def _fl_enter(img, st, val, lo, hi, use_tr, cm, cx, cy, big):
+    anyv = np.uint8(0)
+    for i in range(img.shape[0]):
+        fv = np.float64(img[i])
+        ok = st[i] & ((not use_tr) | ((fv > lo) & (fv < hi)))
+        val[i] = ok
+        anyv |= np.uint8(ok)
+        w = ok & (fv < big)
+        a = fv if w else 0.0
+        cm[i] += np.float64(w)
+        cx[i] += a
+        cy[i] += a * a
+    return anyv != 0
+
+
+@nb.njit(**_JIT)
+def _fl_enter_leave(img, st, val, imo, vao, lo, hi, use_tr, cm, cx, cy, big):
+    anyv = np.uint8(0)
+    for i in range(img.shape[0]):
+        fv = np.float64(img[i])
+        ok = st[i] & ((not use_tr) | ((fv > lo) & (fv < hi)))
+        val[i] = ok
+        anyv |= np.uint8(ok)
+        fo = np.float64(imo[i])
+        wn = ok & (fv < big)
+        wo = vao[i] & (fo < big)
+        an = fv if wn else 0.0
+        ao = fo if wo else 0.0
+        cm[i] += np.float64(wn) - np.float64(wo)
+        cx[i] += an - ao
+        cy[i] += an * an - ao * ao
+    return anyv != 0
+
+
+@nb.njit(**_JIT)
+def _fl_leave(imo, vao, cm, cx, cy, big):
+    for i in range(imo.shape[0]):
+        fo = np.float64(imo[i])
+        wo = vao[i] & (fo < big)
+        a = fo if wo else 0.0
+        cm[i] += -1.0 * np.float64(wo)
+        cx[i] += -1.0 * a
+        cy[i] += -1.0 * (a * a)
+
+
+@nb.njit(**_JIT)
+def _pk_enter(img, st, val, lo, hi, use_tr, cmx, cy, shift, big):
+    """:func:`_fl_enter` with m and x packed in one int64 column sum, x·2**shift + m.
+
+    For integer images of up to 32 bits: m and x are exact integers either
+    way, so unpacking gives the float sums' values; one prefix stream instead
+    of two.  y is summed in float64 as in the float path.
+    """
+    anyv = np.uint8(0)
+    for i in range(img.shape[0]):
+        fv = np.float64(img[i])
+        ok = st[i] & ((not use_tr) | ((fv > lo) & (fv < hi)))
+        val[i] = ok
+        anyv |= np.uint8(ok)
+        w = ok & (fv < big)
+        a = np.int64(img[i]) if w else np.int64(0)
+        f = fv if w else 0.0
+        cmx[i] += (a << shift) + np.int64(w)
+        cy[i] += f * f
+    return anyv != 0
+
+
+@nb.njit(**_JIT)
+def _pk_enter_leave(img, st, val, imo, vao, lo, hi, use_tr, cmx, cy, shift, big):
+    anyv = np.uint8(0)
+    for i in range(img.shape[0]):
+        fv = np.float64(img[i])
+        ok = st[i] & ((not use_tr) | ((fv > lo) & (fv < hi)))
+        val[i] = ok
+        anyv |= np.uint8(ok)
+        fo = np.float64(imo[i])
+        wn = ok & (fv < big)
+        wo = vao[i] & (fo < big)
+        an = np.int64(img[i]) if wn else np.int64(0)
+        ao = np.int64(imo[i]) if wo else np.int64(0)
+        fn = fv if wn else 0.0
+        fo2 = fo if wo else 0.0
+        cmx[i] += ((an << shift) + np.int64(wn)) - ((ao << shift) + np.int64(wo))
+        cy[i] += fn * fn - fo2 * fo2
+    return anyv != 0
+
+
+@nb.njit(**_JIT)
+def _pk_leave(imo, vao, cmx, cy, shift, big):
+    for i in range(imo.shape[0]):
+        fo = np.float64(imo[i])
+        wo = vao[i] & (fo < big)
+        a = np.int64(imo[i]) if wo else np.int64(0)
+        f = fo if wo else 0.0
+        cmx[i] -= (a << shift) + np.int64(wo)
+        cy[i] += -1.0 * (f * f)
+
+
+@nb.njit(**_JIT)
+def _prefix2(cmx, cy, pmx, py):
+    a = pmx[0]
+    c = py[0]
+    for i in range(cmx.shape[0]):
+        a += cmx[i]
+        c += cy[i]
+        pmx[i + 1] = a
+        py[i + 1] = c
+
+
+@nb.njit(**_JIT)
+def _classify_interior_pk(mxh, mxl, yh, yl, vrow, frow, n, shift, g, use_gain, nsig_b, min_count):
+    """:func:`_classify_interior` with m and x packed (see :func:`_pk_enter`)."""
+    mmask = (np.int64(1) << shift) - 1
+    nz = np.uint8(0)
+    for t in range(n):
+        mx = mxh[t] - mxl[t]
+        m = np.float64(mx & mmask)
+        x = np.float64(mx >> shift)
+        y = yh[t] - yl[t]
+        f = _flag(m, x, y, vrow[t], g, use_gain, nsig_b, min_count)
+        frow[t] = f
+        nz |= f
+    return nz
+
+
 @nb.njit(**_JIT)
 def _cv_exact(m, x, y, g, use_gain, nsig_b, min_count):
     """DIALS's index-of-dispersion test, written as DIALS writes it."""
@@ -134,168 +273,208 @@ def _cv_exact(m, x, y, g, use_gain, nsig_b, min_count):
 
 
 @nb.njit(**_JIT)
-def _classify_row(pm, px, py, vrow, frow, i0, i1, kx, nx, g, use_gain, nsig_b, min_count, clip):
-    """Flags of pixels i0..i1-1 of a row: 0 no, 1 dispersed, 2 near the tie (decide exactly).
+def _flag(m, x, y, v, g, use_gain, nsig_b, min_count):
+    """0 no, 1 dispersed, 2 near the tie (decide with :func:`_cv_exact`).
 
     ``a > c`` is decided as ``a' > 0 and a'² > r`` (a' = a, or a − g·x·(m−1)
-    with gain; r = g²x²·σ_b²·2(m−1)), flagged as a tie when
-    ``|a'² − r| <= 1e-10·s²`` with ``s`` a bound on the magnitudes involved.
+    with gain; r = g²x²·σ_b²·2(m−1)) and flagged as a tie when
+    ``|a'² − r| < 1e-10·t``, t a bound on the magnitudes the rounding errors
+    scale with: a'² + r without gain (a is then DIALS's own value), s² with
+    gain, s = |a| + g·x·m·(1 + m·σ_b) (a − g·x·(m−1) may cancel).  Only
+    pixels with x >= 0 count (``ok``), so ``|x|`` is ``x`` where it matters.
     """
-    nsig_b2 = nsig_b * nsig_b
+    ok = v & (m >= min_count) & (x >= 0)
     if use_gain:
-        for i in range(i0, i1):
-            lo = i - kx
-            hi = i + kx + 1
-            if clip:
-                lo = lo if lo > 0 else 0
-                hi = hi if hi < nx else nx
-            m = np.float64(pm[hi] - pm[lo])
-            x = np.float64(px[hi] - px[lo])
-            y = np.float64(py[hi] - py[lo])
-            a = m * y - x * x
-            ap = a - g * x * (m - 1)
-            r = g * g * x * x * nsig_b2 * 2.0 * (m - 1)
-            s = abs(a) + g * abs(x) * m * (1.0 + m * nsig_b)
-            d = ap * ap - r
-            ok = vrow[i] & (m >= min_count) & (x >= 0)
-            tie = (abs(d) <= _TIE * s * s) & (s > 0)
-            yes = (ap > 0) & (d > 0)
-            frow[i] = np.uint8(ok) * (np.uint8(yes) + np.uint8(tie) * (np.uint8(2) - np.uint8(yes)))
+        a = m * y - x * x
+        ap = a - g * x * (m - 1)
+        r = g * g * x * x * (nsig_b * nsig_b) * 2.0 * (m - 1)
+        s = abs(a) + x * m * (g + (g * nsig_b) * m)
+        d = ap * ap - r
+        tie = abs(d) < _TIE * (s * s)
+        yes = (ap > 0) & (d > 0)
     else:
-        for i in range(i0, i1):
-            lo = i - kx
-            hi = i + kx + 1
-            if clip:
-                lo = lo if lo > 0 else 0
-                hi = hi if hi < nx else nx
-            m = np.float64(pm[hi] - pm[lo])
-            x = np.float64(px[hi] - px[lo])
-            y = np.float64(py[hi] - py[lo])
-            a = m * y - x * x - x * (m - 1)
-            r = x * x * nsig_b2 * 2.0 * (m - 1)
-            s = abs(a) + abs(x) * m * (1.0 + m * nsig_b)
-            d = a * a - r
-            ok = vrow[i] & (m >= min_count) & (x >= 0)
-            tie = (abs(d) <= _TIE * s * s) & (s > 0)
-            yes = (a > 0) & (d > 0)
-            frow[i] = np.uint8(ok) * (np.uint8(yes) + np.uint8(tie) * (np.uint8(2) - np.uint8(yes)))
+        a = m * y - x * x - x * (m - 1)
+        r = x * x * (nsig_b * nsig_b) * 2.0 * (m - 1)
+        aa = a * a
+        d = aa - r
+        tie = abs(d) < _TIE * (aa + r)
+        yes = (a > 0) & (d > 0)
+    return np.uint8(ok) * (np.uint8(yes) + np.uint8(tie) * (np.uint8(2) - np.uint8(yes)))
 
 
 @nb.njit(**_JIT)
 def _classify_interior(mh, ml, xh, xl, yh, yl, vrow, frow, n, g, use_gain, nsig_b, min_count):
-    """:func:`_classify_row` for boxes inside the row, with the box ends as aligned slices.
+    """Flags of n pixels whose boxes lie inside the row, the box ends as aligned slices.
 
     (Offsets known only at run time kept LLVM from vectorising the loop; with
     the prefix sums passed as slices that start at the box ends it does.)
+    Returns the OR of the flags (0: none set).
     """
-    nsig_b2 = nsig_b * nsig_b
-    if use_gain:
-        for t in range(n):
-            m = np.float64(mh[t] - ml[t])
-            x = np.float64(xh[t] - xl[t])
-            y = np.float64(yh[t] - yl[t])
-            a = m * y - x * x
-            ap = a - g * x * (m - 1)
-            r = g * g * x * x * nsig_b2 * 2.0 * (m - 1)
-            s = abs(a) + g * abs(x) * m * (1.0 + m * nsig_b)
-            d = ap * ap - r
-            ok = vrow[t] & (m >= min_count) & (x >= 0)
-            tie = (abs(d) <= _TIE * s * s) & (s > 0)
-            yes = (ap > 0) & (d > 0)
-            frow[t] = np.uint8(ok) * (np.uint8(yes) + np.uint8(tie) * (np.uint8(2) - np.uint8(yes)))
-    else:
-        for t in range(n):
-            m = np.float64(mh[t] - ml[t])
-            x = np.float64(xh[t] - xl[t])
-            y = np.float64(yh[t] - yl[t])
-            a = m * y - x * x - x * (m - 1)
-            r = x * x * nsig_b2 * 2.0 * (m - 1)
-            s = abs(a) + abs(x) * m * (1.0 + m * nsig_b)
-            d = a * a - r
-            ok = vrow[t] & (m >= min_count) & (x >= 0)
-            tie = (abs(d) <= _TIE * s * s) & (s > 0)
-            yes = (a > 0) & (d > 0)
-            frow[t] = np.uint8(ok) * (np.uint8(yes) + np.uint8(tie) * (np.uint8(2) - np.uint8(yes)))
+    nz = np.uint8(0)
+    for t in range(n):
+        m = np.float64(mh[t] - ml[t])
+        x = np.float64(xh[t] - xl[t])
+        y = np.float64(yh[t] - yl[t])
+        f = _flag(m, x, y, vrow[t], g, use_gain, nsig_b, min_count)
+        frow[t] = f
+        nz |= f
+    return nz
+
+
+@nb.njit(**_JIT)
+def _box_mx(pm, px, pmx, shift, lo, hi):
+    """m and x (float64) of the box between prefix indices lo and hi (pmx None: float sums)."""
+    if pmx is None:
+        return np.float64(pm[hi] - pm[lo]), np.float64(px[hi] - px[lo])
+    mx = pmx[hi] - pmx[lo]
+    return np.float64(mx & ((np.int64(1) << shift) - 1)), np.float64(mx >> shift)
+
+
+@nb.njit(**_JIT)
+def _classify_edge(pm, px, pmx, py, shift, vrow, frow, i0, i1, kx, nx, g, use_gain, nsig_b, min_count):
+    """Flags of pixels i0..i1-1 whose boxes are clipped by the row ends; returns their OR."""
+    nz = np.uint8(0)
+    for i in range(i0, i1):
+        lo = i - kx if i - kx > 0 else 0
+        hi = i + kx + 1 if i + kx + 1 < nx else nx
+        m, x = _box_mx(pm, px, pmx, shift, lo, hi)
+        y = np.float64(py[hi] - py[lo])
+        f = _flag(m, x, y, vrow[i], g, use_gain, nsig_b, min_count)
+        frow[i] = f
+        nz |= f
+    return nz
 
 
 @nb.njit(**_JIT)
 def _pass1_impl(image, static, lo, hi, use_tr, g, use_gain, kx, ky, nsig_b, nsig_s, threshold, min_count,
-                classic):
-    """Validity mask and dispersion flags; returns (valid, flags, idx).
+                classic, colmx, shift):
+    """The dispersion algorithms; returns (out, valid, flags, done).
 
-    classic=False: flags = 1 where the index of dispersion test passes (DIALS
-    extended pass 1), idx those pixels.  classic=True: idx = DIALS
-    ``dispersion`` strong pixels (flags as for extended).
+    classic=True: out = DIALS ``dispersion`` strong pixels.  classic=False
+    (extended): pass 1 flags the pixels passing the index of dispersion test
+    (flags 1), they are eroded (core: flags 3) and pass 2 (_final_sparse)
+    gives out = the strong pixels; when the core is too large for that
+    (done False), out = the core and the caller runs _final_sliding.  Erosion
+    and pass 2 run in this call (one call per panel), but pass 1 is not a
+    separate kernel called from here: numba would optimise its code twice
+    (as a kernel and again inside the caller), doubling the compile time.
+    colmx: None for
+    float sums of m and x, or int64 zeros (n_fast,) to sum them packed in one
+    int64 (integer images of up to 32 bits, ``2**shift`` above the box size;
+    see :func:`_pk_enter`).  Numba compiles one version for each (``is None``
+    branches are pruned at compile time).
     """
     ny, nx = image.shape
     valid = np.empty((ny, nx), np.bool_)
     flags = np.empty((ny, nx), np.uint8)
-    colm = np.zeros(nx, np.float64)
-    colx = np.zeros(nx, np.float64)
+    row_any = np.zeros(ny, np.bool_)  # row has a valid pixel
     coly = np.zeros(nx, np.float64)
-    pm = np.zeros(nx + 1, np.float64)
-    px = np.zeros(nx + 1, np.float64)
     py = np.zeros(nx + 1, np.float64)
+    if colmx is None:
+        colm = np.zeros(nx, np.float64)
+        colx = np.zeros(nx, np.float64)
+        pm = np.zeros(nx + 1, np.float64)
+        px = np.zeros(nx + 1, np.float64)
+        pmx = None
+    else:
+        colm = colx = pm = px = np.zeros(1, np.float64)  # unused
+        pmx = np.zeros(nx + 1, np.int64)
+    big = BIG
     cap = 1024
     idx = np.empty(cap, np.int64)
     n = 0
     for r in range(min(ky, ny)):
-        _valid_row(image, static, r, lo, hi, use_tr, valid)
-        _update_cols(image, valid, r, -1, colm, colx, coly)
+        if colmx is None:
+            row_any[r] = _fl_enter(image[r], static[r], valid[r], lo, hi, use_tr, colm, colx, coly, big)
+        else:
+            row_any[r] = _pk_enter(image[r], static[r], valid[r], lo, hi, use_tr, colmx, coly, shift, big)
     i_lo = min(kx, nx)
     i_hi = max(nx - kx, i_lo)
+    w = 2 * kx + 1
+    nn = i_hi - i_lo
     for j in range(ny):
         jn = j + ky
-        if jn < ny:
-            _valid_row(image, static, jn, lo, hi, use_tr, valid)
+        jo = j - ky - 1
+        if colmx is None:
+            if jn < ny and jo >= 0:
+                row_any[jn] = _fl_enter_leave(image[jn], static[jn], valid[jn], image[jo], valid[jo], lo, hi,
+                                              use_tr, colm, colx, coly, big)
+            elif jn < ny:
+                row_any[jn] = _fl_enter(image[jn], static[jn], valid[jn], lo, hi, use_tr, colm, colx, coly, big)
+            elif jo >= 0:
+                _fl_leave(image[jo], valid[jo], colm, colx, coly, big)
         else:
-            jn = -1
-        _update_cols(image, valid, jn, j - ky - 1, colm, colx, coly)
-        _prefix3(colm, colx, coly, pm, px, py)
+            if jn < ny and jo >= 0:
+                row_any[jn] = _pk_enter_leave(image[jn], static[jn], valid[jn], image[jo], valid[jo], lo, hi,
+                                              use_tr, colmx, coly, shift, big)
+            elif jn < ny:
+                row_any[jn] = _pk_enter(image[jn], static[jn], valid[jn], lo, hi, use_tr, colmx, coly, shift, big)
+            elif jo >= 0:
+                _pk_leave(image[jo], valid[jo], colmx, coly, shift, big)
         frow = flags[j]
-        vrow = valid[j]
-        if i_hi > i_lo:
-            w = 2 * kx + 1
-            nn = i_hi - i_lo
-            _classify_interior(pm[w:w + nn], pm[:nn], px[w:w + nn], px[:nn], py[w:w + nn], py[:nn],
-                               vrow[i_lo:i_hi], frow[i_lo:i_hi], nn, g, use_gain, nsig_b, min_count)
-        _classify_row(pm, px, py, vrow, frow, 0, i_lo, kx, nx, g, use_gain, nsig_b, min_count, True)
-        _classify_row(pm, px, py, vrow, frow, i_hi, nx, kx, nx, g, use_gain, nsig_b, min_count, True)
-        any_ = 0
-        for i in range(nx):
-            any_ += frow[i]
-        if any_ == 0:
+        if not row_any[j]:
+            frow[:] = 0  # no valid pixel: nothing to test (module gaps)
             continue
-        for i in range(nx):
-            f = frow[i]
-            if f == 0:
+        vrow = valid[j]
+        nz = np.uint8(0)
+        if colmx is None:
+            _prefix3(colm, colx, coly, pm, px, py)
+            if nn > 0:
+                nz |= _classify_interior(pm[w:w + nn], pm[:nn], px[w:w + nn], px[:nn], py[w:w + nn], py[:nn],
+                                         vrow[i_lo:i_hi], frow[i_lo:i_hi], nn, g, use_gain, nsig_b, min_count)
+        else:
+            _prefix2(colmx, coly, pmx, py)
+            if nn > 0:
+                nz |= _classify_interior_pk(pmx[w:w + nn], pmx[:nn], py[w:w + nn], py[:nn], vrow[i_lo:i_hi],
+                                            frow[i_lo:i_hi], nn, shift, g, use_gain, nsig_b, min_count)
+        nz |= _classify_edge(pm, px, pmx, py, shift, vrow, frow, 0, i_lo, kx, nx, g, use_gain, nsig_b, min_count)
+        nz |= _classify_edge(pm, px, pmx, py, shift, vrow, frow, i_hi, nx, kx, nx, g, use_gain, nsig_b,
+                             min_count)
+        if nz == 0:
+            continue
+        # the flagged pixels, 64 at a time (blocks without any are skipped by a vectorised OR)
+        for c0 in range(0, nx, 64):
+            blk = frow[c0:c0 + 64]
+            any_ = np.uint8(0)
+            for t in range(blk.shape[0]):
+                any_ |= blk[t]
+            if any_ == 0:
                 continue
-            lo_ = i - kx if i - kx > 0 else 0
-            hi_ = i + kx + 1 if i + kx + 1 < nx else nx
-            m = np.float64(pm[hi_] - pm[lo_])
-            x = np.float64(px[hi_] - px[lo_])
-            if f == 2:
-                y = np.float64(py[hi_] - py[lo_])
-                f = np.uint8(_cv_exact(m, x, y, g, use_gain, nsig_b, min_count))
-                frow[i] = f
+            for t in range(blk.shape[0]):
+                f = blk[t]
                 if f == 0:
                     continue
-            if classic:
-                src = np.float64(image[j, i])
-                if not src > threshold:
-                    continue
-                b = m * src - x
-                d = nsig_s * math.sqrt(g * x * m) if use_gain else nsig_s * math.sqrt(x * m)
-                if not b > d:
-                    continue
-            if n == cap:
-                cap *= 2
-                new = np.empty(cap, np.int64)
-                new[:n] = idx[:n]
-                idx = new
-            idx[n] = j * nx + i
-            n += 1
-    return valid, flags, idx[:n]
+                i = c0 + t
+                lo_ = i - kx if i - kx > 0 else 0
+                hi_ = i + kx + 1 if i + kx + 1 < nx else nx
+                m, x = _box_mx(pm, px, pmx, shift, lo_, hi_)
+                if f == 2:
+                    y = np.float64(py[hi_] - py[lo_])
+                    f = np.uint8(_cv_exact(m, x, y, g, use_gain, nsig_b, min_count))
+                    blk[t] = f
+                    if f == 0:
+                        continue
+                if classic:
+                    src = np.float64(image[j, i])
+                    if not src > threshold:
+                        continue
+                    b = m * src - x
+                    d = nsig_s * math.sqrt(g * x * m) if use_gain else nsig_s * math.sqrt(x * m)
+                    if not b > d:
+                        continue
+                if n == cap:
+                    cap *= 2
+                    new = np.empty(cap, np.int64)
+                    new[:n] = idx[:n]
+                    idx = new
+                idx[n] = j * nx + i
+                n += 1
+    if classic:
+        return idx[:n], valid, flags, True
+    core = _erode_sparse(flags, idx[:n], min(kx, ky))
+    if core.shape[0] >= ny * nx // 10:
+        return core, valid, flags, False
+    return _final_sparse(image, valid, flags, core, g, use_gain, kx, ky, nsig_s, threshold), valid, flags, True
 
 
 @nb.njit(**_JIT)
@@ -304,34 +483,60 @@ def _erode_sparse(flags, idx, distance):
 
     Pixels outside the image do not count (DIALS's chebyshev_distance starts
     its sweeps from height + width).  Core pixels get flag 3 in ``flags``.
+
+    The (2r+1)² box test is done separably: a flagged pixel whose row segment
+    [i-r, i+r] is all flagged gets bit 4 (flag 5), and a pixel is core when
+    its column segment [j-r, j+r] is all bit 4 (2(2r+1) reads, not (2r+1)²).
+    Afterwards flags are 0 (not flagged), 3 (core) or 1 / 5 (flagged, not core).
     """
     ny, nx = flags.shape
     r = distance - 1
     out = np.empty(idx.shape[0], np.int64)
     n = 0
-    for k in range(idx.shape[0]):
-        p = idx[k]
-        j = p // nx
-        i = p - j * nx
-        ok = True
-        if r > 0:
-            j0 = j - r if j - r > 0 else 0
-            j1 = j + r + 1 if j + r + 1 < ny else ny
+    if r <= 0:
+        for k in range(idx.shape[0]):
+            out[k] = idx[k]
+        n = idx.shape[0]
+    else:
+        # idx is in raster order: rows by stepping, not by division
+        j = 0
+        row0 = 0
+        for k in range(idx.shape[0]):
+            p = idx[k]
+            while p >= row0 + nx:
+                j += 1
+                row0 += nx
+            i = p - row0
             i0 = i - r if i - r > 0 else 0
             i1 = i + r + 1 if i + r + 1 < nx else nx
-            for jj in range(j0, j1):
-                for ii in range(i0, i1):
-                    if flags[jj, ii] == 0:
-                        ok = False
-                        break
-                if not ok:
+            ok = True
+            for ii in range(i0, i1):
+                if flags[j, ii] == 0:
+                    ok = False
                     break
-        if ok:
-            out[n] = p
-            n += 1
+            if ok:
+                flags[j, i] |= 4
+        j = 0
+        row0 = 0
+        for k in range(idx.shape[0]):
+            p = idx[k]
+            while p >= row0 + nx:
+                j += 1
+                row0 += nx
+            i = p - row0
+            j0 = j - r if j - r > 0 else 0
+            j1 = j + r + 1 if j + r + 1 < ny else ny
+            ok = True
+            for jj in range(j0, j1):
+                if flags[jj, i] & 4 == 0:
+                    ok = False
+                    break
+            if ok:
+                out[n] = p
+                n += 1
+    fl = flags.reshape(-1)
     for k in range(n):
-        p = out[k]
-        flags[p // nx, p - (p // nx) * nx] = 3
+        fl[out[k]] = 3
     return out[:n]
 
 
@@ -356,7 +561,8 @@ def _final_sparse(image, valid, flags, core, g, use_gain, kx, ky, nsig_s, thresh
         j = core[k] // nx
         # the segment: core pixels of row j whose boxes overlap the previous one's
         k1 = k + 1
-        while k1 < nc and core[k1] // nx == j and core[k1] - core[k1 - 1] <= 2 * kx2 + 1:
+        row_end = (j + 1) * nx
+        while k1 < nc and core[k1] < row_end and core[k1] - core[k1 - 1] <= 2 * kx2 + 1:
             k1 += 1
         ia = core[k] - j * nx - kx2
         ib = core[k1 - 1] - j * nx + kx2 + 1
@@ -523,18 +729,18 @@ def dispersion_pixels(image, mask, *, extended=True, gain=None, kernel_size=(3, 
     lo, hi, use_tr = _trusted(trusted_range)
     use_gain = gain is not None
     g = gain if use_gain else 1.0
-    valid, flags, idx = _pass1_impl(image, mask, lo, hi, use_tr, g, use_gain, kx, ky, float(sigma_background),
-                                    float(sigma_strong), float(global_threshold), float(min_count),
-                                    not extended)
-    if not extended:
-        return idx, valid
-    core = _erode_sparse(flags, idx, min(kx, ky))
-    if core.shape[0] < image.size // 10:
-        strong = _final_sparse(image, valid, flags, core, g, use_gain, kx, ky, float(sigma_strong),
-                               float(global_threshold))
-    else:
-        strong = _final_sliding(image, valid, flags, core, g, use_gain, kx, ky, float(sigma_strong),
-                                float(global_threshold))
+    n_kernel = (2 * kx + 1) * (2 * ky + 1)
+    # m and x packed in one int64 (exact) for integer images of up to 32 bits
+    packed = image.dtype.kind in "iu" and image.dtype.itemsize <= 4 and n_kernel < (1 << 15)
+    colmx = np.zeros(image.shape[1], np.int64) if packed else None
+    out, valid, flags, done = _pass1_impl(image, mask, lo, hi, use_tr, g, use_gain, kx, ky, float(sigma_background),
+                                          float(sigma_strong), float(global_threshold), float(min_count),
+                                          not extended, colmx, n_kernel.bit_length())
+    if done:
+        return out, valid
+    # very many core pixels (out): pass 2 with running sums over the whole image
+    strong = _final_sliding(image, valid, flags, out, g, use_gain, kx, ky, float(sigma_strong),
+                            float(global_threshold))
     return strong, valid
 
 
@@ -922,6 +1128,13 @@ def _union_runs(row, start, end, ny, eight):
     return label, nl
 
 
+@nb.njit(**_JIT)
+def _label_pixels_impl(idx, ny, nx, eight):
+    row, start, end = _runs_from_idx(idx, nx)
+    label, nl = _union_runs(row, start, end, ny, eight)
+    return row, start, end, label, nl
+
+
 def label_pixels(idx, shape, *, connectivity=4):
     """Connected components of pixels given as sorted flat indices (see :func:`label_runs`).
 
@@ -940,10 +1153,7 @@ def label_pixels(idx, shape, *, connectivity=4):
     """
     if connectivity not in (4, 8):
         raise ValueError("connectivity must be 4 or 8")
-    ny, nx = int(shape[0]), int(shape[1])
-    row, start, end = _runs_from_idx(np.asarray(idx, dtype=np.int64), nx)
-    label, nl = _union_runs(row, start, end, ny, connectivity == 8)
-    return row, start, end, label, nl
+    return _label_pixels_impl(np.asarray(idx, dtype=np.int64), int(shape[0]), int(shape[1]), connectivity == 8)
 
 
 def label_runs(strong, *, connectivity=4):
@@ -1048,8 +1258,28 @@ def _spot_stats_impl(image, valid, strong, g, row, start, end, label, nl, margin
                     bg_n[s] += 1
                     bg_s[s] += v
                     bg_s2[s] += v * v
-    return (npix, sw, sw2, cx, cy, dxx, dyy, sgv, x0, x1, y0, y1, peak, peak_x, peak_y,
-            bg_n, bg_s, bg_s2)
+    # two blocks to hand back instead of 18 arrays (rows as _STAT_FLOAT / _STAT_INT)
+    F = np.empty((10, nl), np.float64)
+    F[0] = sw
+    F[1] = sw2
+    F[2] = cx
+    F[3] = cy
+    F[4] = dxx
+    F[5] = dyy
+    F[6] = sgv
+    F[7] = peak
+    F[8] = bg_s
+    F[9] = bg_s2
+    I = np.empty((8, nl), np.int64)
+    I[0] = npix
+    I[1] = x0
+    I[2] = x1
+    I[3] = y0
+    I[4] = y1
+    I[5] = peak_x
+    I[6] = peak_y
+    I[7] = bg_n
+    return F, I
 
 
 def spot_statistics(image, valid, strong, runs, *, gain=None, margin=2):
@@ -1087,6 +1317,50 @@ def spot_statistics(image, valid, strong, runs, *, gain=None, margin=2):
     g = 1.0 if gain is None else float(gain)
     out = _spot_stats_impl(img, np.asarray(valid, dtype=np.bool_), np.asarray(strong, dtype=np.bool_), g,
                            row, start, end, label, int(nl), int(margin))
-    names = ("npix", "sum_w", "sum_w2", "cx", "cy", "dxx", "dyy", "sum_gv", "x0", "x1", "y0", "y1",
-             "peak", "peak_x", "peak_y", "bg_n", "bg_sum", "bg_sum2")
-    return dict(zip(names, out))
+    return stats_from_blocks(*out)
+
+
+#: Names of :func:`spot_statistics`'s outputs, in the order of ``_spot_stats_impl``.
+STAT_NAMES = ("npix", "sum_w", "sum_w2", "cx", "cy", "dxx", "dyy", "sum_gv", "x0", "x1", "y0", "y1",
+              "peak", "peak_x", "peak_y", "bg_n", "bg_sum", "bg_sum2")
+_STAT_FLOAT = ("sum_w", "sum_w2", "cx", "cy", "dxx", "dyy", "sum_gv", "peak", "bg_sum", "bg_sum2")
+_STAT_INT = ("npix", "x0", "x1", "y0", "y1", "peak_x", "peak_y", "bg_n")
+_STAT_INT32 = frozenset(("x0", "x1", "y0", "y1", "peak_x", "peak_y"))
+
+
+def pixel_spot_blocks(image, valid, idx, *, connectivity=4, gain=None, margin=2):
+    """Spots of one panel from its strong pixels as flat indices: (F, I) blocks.
+
+    Equivalent to ``spot_statistics(image, valid, strong, label_pixels(idx, ...))``
+    with ``strong`` the mask of ``idx``, in two kernel calls; :func:`stats_from_blocks`
+    turns (concatenated) blocks into that dict.  (One fused kernel would save a
+    call per panel but re-optimises the statistics code inside it: about twice
+    the first-call compile time.)
+
+    Returns
+    -------
+    F : ndarray of float64, shape (10, n_spots)
+    I : ndarray of int64, shape (8, n_spots)
+    """
+    if connectivity not in (4, 8):
+        raise ValueError("connectivity must be 4 or 8")
+    if gain is not None and np.ndim(gain) != 0:
+        raise ValueError("gain must be a single number (ADU per photon)")
+    g = 1.0 if gain is None else float(gain)
+    img = np.asarray(image)
+    idx = np.asarray(idx, dtype=np.int64)
+    strong = np.zeros(img.shape, dtype=np.bool_)
+    strong.reshape(-1)[idx] = True
+    row, start, end, label, nl = _label_pixels_impl(idx, img.shape[0], img.shape[1], connectivity == 8)
+    return _spot_stats_impl(img, np.asarray(valid, dtype=np.bool_), strong, g, row, start, end, label, nl,
+                            int(margin))
+
+
+def stats_from_blocks(F, I):
+    """The dict of :func:`spot_statistics` (same keys and dtypes) from (F, I) blocks."""
+    out = {}
+    for k, name in enumerate(_STAT_FLOAT):
+        out[name] = F[k]
+    for k, name in enumerate(_STAT_INT):
+        out[name] = I[k].astype(np.int32) if name in _STAT_INT32 else I[k]
+    return {name: out[name] for name in STAT_NAMES}
