@@ -37,9 +37,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from stillshot.io.base import ImageFile, ImageFormatError, register
+from stillshot.io.base import ImageFormatError, register
 from stillshot.io.crystfel_geom import CXI_DATA_PATH, HC_EV_ANGSTROM, PanelSlab, default_slabs, panel_slabs, shift_clen
-from stillshot.io.nexus import _ENERGY, is_hdf5, is_nxmx, open_hdf5
+from stillshot.io.nexus import _ENERGY, HDF5ImageFile, is_hdf5, is_nxmx, open_hdf5
 from stillshot.models import Beam, Detector
 
 #: Where stacked frames are looked for when the reference geometry names no data path.
@@ -50,7 +50,7 @@ CXI_ENERGY_PATH = "/entry_1/instrument_1/source_1/energy"
 
 
 @register
-class CXIFile(ImageFile):
+class CXIFile(HDF5ImageFile):
     """Stacked frames in an HDF5 file, cut into panels by a reference geometry.
 
     Parameters
@@ -63,19 +63,9 @@ class CXIFile(ImageFile):
     """
 
     format_name = "CXI"
+    readable_name = "CXI"
     needs_reference_geometry = True
 
-    def __init__(self, path, reference_geometry: Detector | None = None):
-        super().__init__(path, reference_geometry)
-        self._fh = open_hdf5(self.path)
-        try:
-            self._setup()
-        except ImageFormatError:
-            self.close()
-            raise
-        except (KeyError, OSError, ValueError, TypeError, IndexError) as exc:
-            self.close()
-            raise ImageFormatError(self.path, f"not a readable CXI file ({exc})") from None
 
     @classmethod
     def understand(cls, path: str) -> bool:
@@ -309,15 +299,6 @@ class CXIFile(ImageFile):
             if other is not None:
                 other.close()
 
-    def close(self) -> None:
-        """Close the HDF5 file."""
-        fh = getattr(self, "_fh", None)
-        if fh is not None:
-            try:
-                fh.close()
-            except Exception:  # pragma: no cover
-                pass
-            self._fh = None
 
 
 __all__ = ["CXIFile", "DATA_PATHS", "CXI_ENERGY_PATH"]

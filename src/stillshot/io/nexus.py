@@ -296,19 +296,15 @@ class _Module:
         return tuple(slice(int(o), int(o + s)) for o, s in zip(self.data_origin, self.data_size))
 
 
-@register
-class NexusFile(ImageFile):
-    """An NXmx master file: frames addressed by index, one panel per detector module.
+class HDF5ImageFile(ImageFile):
+    """Base of the HDF5 formats: opens the file, runs ``_setup``, closes on failure.
 
-    Parameters
-    ----------
-    path : str or PathLike
-        The master file (data files it links to are found relative to it).
-    reference_geometry : Detector, optional
-        Replaces the detector built from the file.
+    Subclasses implement ``_setup`` (read what the format needs from ``self._fh``)
+    and set ``readable_name``, used in the error for a file that fails there.
     """
 
-    format_name = "NeXus/NXmx"
+    #: Name used in "not a readable ... file".
+    readable_name = "HDF5"
 
     def __init__(self, path, reference_geometry: Detector | None = None):
         super().__init__(path, reference_geometry)
@@ -320,7 +316,37 @@ class NexusFile(ImageFile):
             raise
         except (KeyError, OSError, ValueError, TypeError, IndexError) as exc:
             self.close()
-            raise ImageFormatError(self.path, f"not a readable NXmx file ({exc})") from None
+            raise ImageFormatError(self.path, f"not a readable {self.readable_name} file ({exc})") from None
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the HDF5 file."""
+        fh = getattr(self, "_fh", None)
+        if fh is not None:
+            try:
+                fh.close()
+            except Exception:  # pragma: no cover - closing a broken handle
+                pass
+            self._fh = None
+
+
+@register
+class NexusFile(HDF5ImageFile):
+    """An NXmx master file: frames addressed by index, one panel per detector module.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The master file (data files it links to are found relative to it).
+    reference_geometry : Detector, optional
+        Replaces the detector built from the file.
+    """
+
+    format_name = "NeXus/NXmx"
+    readable_name = "NXmx"
+
 
     @classmethod
     def understand(cls, path: str) -> bool:
@@ -651,15 +677,6 @@ class NexusFile(ImageFile):
             out.append(part == 0)
         return tuple(out)
 
-    def close(self) -> None:
-        """Close the HDF5 file."""
-        fh = getattr(self, "_fh", None)
-        if fh is not None:
-            try:
-                fh.close()
-            except Exception:  # pragma: no cover - closing a broken handle
-                pass
-            self._fh = None
 
 
 def _vector(ds, path: str) -> np.ndarray:
