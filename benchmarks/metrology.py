@@ -13,7 +13,19 @@ the command; DIALS: one run, it is slow) and the positional RMSDs:
 ``--simulated`` adds a CSPAD-like run with a known true geometry (accuracy of
 the refined panel positions) and a scaling run with thousands of shots.
 
+``--loop`` (alone, it skips the real data) runs the user's loop on IMAGES:
+simulate ``--loop-shots`` CSPAD shots (cxi; the simulator's default crystals,
+1-5 um, so many shots are marginal) whose true geometry has per-quadrant and
+per-sensor shifts of 0.5-1.5 px and rotations <= 0.1 deg; ``stillshot
+process`` with the nominal geometry (known cell, mp.nproc=2, defaults
+otherwise); ``stillshot metrology`` on that output with metrology.levels=0,1,2;
+``stillshot process`` again with input.reference_geometry=refined.expt, and
+with the true geometry as the ceiling.  Prints the three indexing rates,
+indexed spots per shot, RMSDs, integrated CC to the true partial intensities
+and the panel-position errors.
+
 usage: python benchmarks/metrology.py [--repeats 3] [--dials-dir DIR] [--simulated] [--skip-dials]
+       python benchmarks/metrology.py --loop [--loop-shots 240] [--loop-dir DIR]
 
 ``--dials-dir DIR`` reuses the outputs of an earlier DIALS run in DIR
 (dials_refined.expt, dials_refined.refl, dials_seconds.txt) instead of
@@ -252,6 +264,196 @@ def indexing_rates(experiments, table, nominal, truth, refined, n_shots: int = 6
               f"{np.median(rmsd) if rmsd else float('nan'):.3f} px ({time.perf_counter() - t0:.1f} s)")
 
 
+# ----------------------------------------------------------------------------- the user's loop on images
+LOOP_CELL = "79.1,79.1,38.4,90,90,90"
+
+
+def _stillshot(args: list[str], timeout: float) -> float:
+    """Run one ``stillshot`` command; its wall time in seconds."""
+    cmd = [sys.executable, "-m", "stillshot.cli.main", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:1])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def _asu_keys(frames, hkl) -> dict:
+    """{(frame, reflection in the P43212 asymmetric unit): row}, rows whose key is unique in their shot."""
+    import gemmi
+
+    asu = gemmi.ReciprocalAsu(gemmi.SpaceGroup("P 43 21 2"))
+    ops = gemmi.SpaceGroup("P 43 21 2").operations()
+    keys: dict = {}
+    dup = set()
+    for i, (f, h) in enumerate(zip(frames, hkl)):
+        k = (int(f), tuple(asu.to_asu([int(v) for v in h], ops)[0]))
+        if k in keys:
+            dup.add(k)
+        keys[k] = i
+    return {k: v for k, v in keys.items() if k not in dup}
+
+
+def _loop_stats(run_dir: Path, truth_refl: dict) -> dict:
+    """Indexing rate, spots per shot, RMSD and integrated CC to the truth of one ``process`` output dir."""
+    import json
+
+    from stillshot.models import ExperimentList
+    from stillshot.table import Flags, ReflectionTable
+
+    summ = json.loads((run_dir / "summary.json").read_text())
+    tot = summ["totals"]
+    per_shot = {int(s["frame"]): s for s in summ["shots"]}
+    out = {"n_shots": tot["n_shots"], "hits": tot["n_hits"], "indexed": tot["n_indexed"],
+           "n_idx_spots": {f: int(s["n_indexed"]) for f, s in per_shot.items() if s["n_indexed"] > 0},
+           "n_spots": {f: int(s["n_spots"]) for f, s in per_shot.items()}}
+    # RMSD of the indexed spots after each shot's own refinement (xyzcal vs xyzobs, px)
+    expts = ExperimentList.from_file(run_dir / "indexed.expt")
+    frame_of = np.array([e.image.frame for e in expts])
+    t = ReflectionTable.from_file(run_dir / "indexed.refl")
+    m = (np.asarray(t["flags"]) & np.uint64(Flags.indexed)) != 0
+    d = (np.asarray(t["xyzcal.px"]) - np.asarray(t["xyzobs.px.value"]))[m, :2]
+    fr = frame_of[np.asarray(t["id"])[m]]
+    out["rmsd_all"] = float(np.sqrt(np.mean(np.sum(d**2, 1)))) if len(d) else float("nan")
+    out["rmsd_shot"] = {int(f): float(np.sqrt(np.mean(np.sum(d[fr == f] ** 2, 1)))) for f in np.unique(fr)}
+    # integrated intensities (summation) against the true partial intensities of the same reflections
+    expts = ExperimentList.from_file(run_dir / "integrated.expt")
+    frame_of = np.array([e.image.frame for e in expts])
+    t = ReflectionTable.from_file(run_dir / "integrated.refl")
+    m = (np.asarray(t["flags"]) & np.uint64(Flags.integrated_sum)) != 0
+    frames = frame_of[np.asarray(t["id"])[m]]
+    keys = _asu_keys(frames, np.asarray(t["miller_index"])[m])
+    isum = np.asarray(t["intensity.sum.value"])[m]
+    out["pairs"] = {k: (isum[i], truth_refl[k]) for k, i in keys.items() if k in truth_refl}
+    return out
+
+
+def _cc(pairs, frames=None) -> tuple[float, int]:
+    v = np.array([p for k, p in pairs.items() if frames is None or k[0] in frames])
+    if len(v) < 3:
+        return float("nan"), len(v)
+    return float(np.corrcoef(v[:, 0], v[:, 1])[0, 1]), len(v)
+
+
+def loop(args) -> None:
+    """process (nominal geometry) -> metrology levels 0,1,2 -> process (refined); and process (true), on images."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_metrology import position_errors_px
+
+    from stillshot.models import Experiment, ExperimentList
+    from stillshot.simulate import layouts
+    from stillshot.simulate.run import run_simulation
+    from stillshot.simulate.shots import SimulationSettings
+
+    n, seed, nproc = args.loop_shots, args.loop_seed, 2
+    work = Path(args.loop_dir) if args.loop_dir else Path(tempfile.mkdtemp(prefix="metrology_loop_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"\n== the user's loop on images: {n} simulated CSPAD shots (cxi), per-quadrant + per-sensor shifts "
+          f"0.5-1.5 px and rotations <= 0.1 deg; mp.nproc={nproc}; work dir {work} ==", flush=True)
+    nominal = layouts.cspad(100.0)
+    sim = work / "sim"
+    if not (sim / "true_geometry.expt").is_file():
+        # quadrants moved here; sensors moved by the simulator (its perturb acts on one level)
+        quads = layouts.perturb(nominal, level=1, shift_px_range=(0.5, 1.5), rotation_deg=0.1, seed=seed + 101)
+        settings = SimulationSettings(layout="cspad", perturb=True, perturb_level=2, perturb_shift_px=(0.5, 1.5),
+                                      perturb_rotation_deg=0.1, seed=seed)  # the simulator's default crystals
+        t0 = time.perf_counter()
+        info = run_simulation(settings, sim, n_shots=n, fmt="cxi", nproc=nproc, detector=quads, write_mtz=False)
+        print(f"simulated {info['n_shots']} shots ({info['n_blank']} blank; median {info['median_spots']:.0f} "
+              f"reflections of > 10 photons per hit; crystal sizes 1-5 um log-uniform) in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        beam = ExperimentList.from_file(sim / "true_geometry.expt")[0].beam
+        ExperimentList([Experiment(beam=beam, detector=nominal)]).as_file(work / "nominal_geometry.expt")
+    truth = ExperimentList.from_file(sim / "true_geometry.expt")[0].detector
+    raw, aligned, _ = position_errors_px(nominal, truth)
+    print(f"nominal geometry: panel positions {raw:.3f} px RMS from the truth ({aligned:.3f} px after the best "
+          f"rotation about the beam)")
+    truth_json = json.loads((sim / "truth.json").read_text())
+    truth_refl: dict = {}
+    for shot in truth_json["shots"]:
+        r = shot.get("reflections") or {}
+        if not r:
+            continue
+        k = _asu_keys([shot["index"]] * len(r["hkl"]), r["hkl"])
+        ip = np.asarray(r["intensity_partial"])
+        truth_refl.update({key: ip[i] for key, i in k.items()})
+    common = ["indexing.known_symmetry.space_group=P43212", f"indexing.known_symmetry.unit_cell={LOOP_CELL}",
+              f"mp.nproc={nproc}", "output.progress=quiet", "output.report=False", "output.stream=False"]
+    cxi = str(sim / "shots.cxi")
+    runs = {}
+
+    def process(name, geometry):
+        d = work / f"process_{name}"
+        if not (d / "summary.json").is_file():
+            dt = _stillshot(["process", cxi, f"output.dir={d}", f"input.reference_geometry={geometry}", *common],
+                            args.loop_timeout)
+            print(f"  process ({name} geometry): {dt:.0f} s", flush=True)
+        runs[name] = _loop_stats(d, truth_refl)
+
+    process("nominal", work / "nominal_geometry.expt")
+    met = work / "metrology"
+    if not (met / "refined.expt").is_file():
+        dt = _stillshot(["metrology", str(work / "process_nominal"), "metrology.levels=0,1,2", f"output.dir={met}"],
+                        args.loop_timeout)
+        print(f"  metrology levels 0,1,2 on the nominal run's indexed shots: {dt:.0f} s", flush=True)
+    refined = ExperimentList.from_file(met / "refined.expt")[0].detector
+    raw_r, aligned_r, theta = position_errors_px(refined, truth)
+    print(f"refined geometry: panel positions {raw_r:.3f} px RMS from the truth ({aligned_r:.4f} px after the "
+          f"unobservable rotation about the beam, {theta:+.4f} deg)")
+    report = json.loads((met / "metrology.json").read_text())
+    last = report["levels"][-1]
+    print(f"  metrology RMSD {report['levels'][0]['rmsd_before']['xy_px']:.3f} -> {last['rmsd_after']['xy_px']:.3f} px "
+          f"({last['n_reflections']} reflections at level {last['level']})")
+    fixed = sorted({p.split(".")[0] for p in last["fixed_parameters"] if "." in p})
+    if fixed:  # groups auto-reduction kept at their previous level's position: say so, and what the rest reach
+        keep = np.array([not any(pn.name.startswith("ARRAY_" + g) for g in fixed) for pn in refined])
+        err = _panel_errors_px(refined, truth)
+        print(f"  level {last['level']} groups fixed by auto-reduction: {', '.join(fixed)} ({'; '.join(last['notes'])})")
+        print(f"  per-panel errors (after the best rigid in-plane move): fixed groups {err[~keep].mean():.3f} px, "
+              f"the other {keep.sum()} panels {np.sqrt(np.mean(err[keep] ** 2)):.3f} px RMS")
+    process("refined", met / "refined.expt")
+    process("true", sim / "true_geometry.expt")
+    both = set.intersection(*(set(r["n_idx_spots"]) for r in runs.values()))
+    print(f"\n  {'geometry':8s} {'indexed/shots':>14s} {'indexed/hits':>13s} {'idx spots/shot':>15s} "
+          f"{'(common)':>9s} {'RMSD px':>8s} {'(common)':>9s} {'CC(I,truth)':>12s} {'(common)':>9s}")
+    for name, r in runs.items():
+        spots = list(r["n_idx_spots"].values())
+        com_spots = [r["n_idx_spots"][f] for f in both]
+        com_rmsd = [r["rmsd_shot"][f] for f in both if f in r["rmsd_shot"]]
+        cc, _ = _cc(r["pairs"])
+        cc_c, n_c = _cc(r["pairs"], both)
+        print(f"  {name:8s} {r['indexed']:5d}/{r['n_shots']:<4d} {100 * r['indexed'] / r['n_shots']:3.0f}% "
+              f"{r['indexed']:4d}/{r['hits']:<4d}{100 * r['indexed'] / max(r['hits'], 1):3.0f}% "
+              f"{np.mean(spots) if spots else float('nan'):15.1f} {np.mean(com_spots) if com_spots else float('nan'):9.1f} "
+              f"{np.median(list(r['rmsd_shot'].values())):8.3f} {np.median(com_rmsd) if com_rmsd else float('nan'):9.3f} "
+              f"{cc:12.4f} {cc_c:9.4f}")
+    print(f"  (common: the {len(both)} shots indexed with all three geometries; RMSD: median per shot of the "
+          f"indexed spots after each shot's refinement; CC: summation intensities vs the true partial intensities)")
+    gained = sorted(set(runs["refined"]["n_idx_spots"]) - set(runs["nominal"]["n_idx_spots"]))
+    lost = sorted(set(runs["nominal"]["n_idx_spots"]) - set(runs["refined"]["n_idx_spots"]))
+    print(f"  refined vs nominal: {len(gained)} shots indexed only with the refined geometry, {len(lost)} only with "
+          f"the nominal one")
+    a, b = runs["nominal"]["indexed"], runs["refined"]["indexed"]
+    verdict = "higher" if b > a else ("equal" if b == a else "LOWER")
+    print(f"indexing rate: nominal {100 * a / n:.1f}%, refined {100 * b / n:.1f}% ({verdict}), "
+          f"true {100 * runs['true']['indexed'] / n:.1f}% (ceiling)")
+    return {"runs": runs, "common": both, "nominal_error_px": aligned, "refined_error_px": aligned_r}
+
+
+def _panel_errors_px(refined, truth) -> np.ndarray:
+    """Each panel's mean corner distance (px) from the truth after the best rigid in-plane move of the whole."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_metrology import _corners
+
+    a, b = _corners(refined)[:, :2], _corners(truth)[:, :2]
+    am, bm = a.mean(0), b.mean(0)
+    u, _, vt = np.linalg.svd((a - am).T @ (b - bm))
+    res = b - ((a - am) @ (vt.T @ u.T).T + bm)
+    return np.sqrt(np.sum(res**2, 1)).reshape(len(refined), -1).mean(1) / PIXEL
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -259,10 +461,20 @@ def main() -> int:
     ap.add_argument("--skip-dials", action="store_true")
     ap.add_argument("--simulated", action="store_true")
     ap.add_argument("--scaling-shots", type=int, default=3000)
+    ap.add_argument("--loop", action="store_true", help="the user's loop on simulated images (alone: no real data)")
+    ap.add_argument("--loop-shots", type=int, default=240)
+    ap.add_argument("--loop-seed", type=int, default=0)
+    ap.add_argument("--loop-dir", default=None, help="work dir of --loop (kept; finished steps are reused)")
+    ap.add_argument("--loop-timeout", type=float, default=1800.0, help="seconds allowed to each command of --loop")
     args = ap.parse_args()
+    if args.loop and not args.simulated:
+        loop(args)
+        return 0
     ok = real_data(args)
     if args.simulated:
         simulated(args)
+    if args.loop:
+        loop(args)
     return 0 if ok else 1
 
 
