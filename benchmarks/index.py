@@ -21,10 +21,25 @@ Optionally (``--simulated N``) it also indexes N simulated lysozyme and
 thermolysin shots per method (spot lists from stillshot.simulate truth with
 0.2 px centroid noise) and reports rates and misorientation to the truth.
 
+``--rendered N`` (issue 5's sets, N = 100) runs the whole chain on N rendered
+shots of each simulated set (lysozyme on a Pilatus 6M, thermolysin on a
+CSPAD; Poisson noise, background, dead and hot pixels): our spot finding on
+the pixels (tests/test_index.py SPOTFINDING) and known-cell indexing
+(vector_match), and — unless ``--no-dials`` — DIALS on the same shots written
+to disk with stillshot.simulate's writers (lysozyme: miniCBF; thermolysin:
+NeXus NXmx, since miniCBF holds one panel): ``dials.import
+convert_sequences_to_stills=True``, ``dials.find_spots nproc=1`` with the same
+spot-finding settings, ``dials.ssx_index nproc=1`` with the same known
+symmetry.  It prints, for both, the indexing rate of the hits (not blank,
+≥ 20 spots found by our spot finding, the same shots for both), blanks
+indexed, misorientation to the truth (median, 90th percentile) and CPU time
+per shot of spot finding and of indexing.
+
 Usage::
 
     python benchmarks/index.py [--no-dials] [--datasets thermolysin_cspad,thaumatin_grid]
                                [--methods vector_match,fft1d,real_space_grid_search] [--simulated 50]
+                               [--rendered 100]
 """
 
 from __future__ import annotations
@@ -171,18 +186,134 @@ def simulated(n: int, methods: list[str]) -> None:
                   f"p90 {np.percentile(mis, 90):.4f}°; {dt * 1e3:.0f} ms/shot incl. simulation")
 
 
+def _dials_cmd(args: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Run a DIALS command through dials-peer on one core; (wall s, CPU s, stdout); raises on failure."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(DIALS_PEER), *args], cwd=cwd, capture_output=True, text=True, timeout=7200, env=env)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {(proc.stderr or proc.stdout)[-1500:]}")
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), proc.stdout
+
+
+#: DIALS's spot-finding parameters equal to tests/test_index.py SPOTFINDING (DIALS reads no gain
+#: from the NeXus file, so the CSPAD gain of 25 ADU/photon is given as dispersion.gain).
+DIALS_SPOTFINDING = {
+    "lysozyme": [],
+    "thermolysin": ["spotfinder.filter.min_spot_size=2", "spotfinder.threshold.dispersion.gain=25",
+                    "spotfinder.threshold.dispersion.global_threshold=100"],
+}
+
+
+def rendered(n: int, with_dials: bool) -> None:
+    """Issue 5's simulated sets end to end (rendered images), ours beside DIALS on the same shots."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_index import LYSO, THERMO, SPOTFINDING, _known, rendered_set_figures, run_rendered_set  # noqa: E402
+
+    from stillshot.simulate.writers import NexusWriter, write_cbf  # noqa: E402
+
+    for kind, cell_sg in (("lysozyme", LYSO), ("thermolysin", THERMO)):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            state: dict = {"files": []}
+
+            def sink(i, sim, truth, data, state=state):
+                if not with_dials:
+                    return
+                if len(sim.nominal_detector) == 1:
+                    path = tmp / f"shot_{i:05d}.cbf"
+                    write_cbf(path, data[0], sim.nominal_detector, truth.wavelength)
+                    state["files"].append(path.name)
+                else:
+                    if "writer" not in state:
+                        state["writer"] = NexusWriter(tmp / "shots.nxs", sim.nominal_detector, n)
+                        state["files"].append("shots.nxs")
+                    state["writer"].write(i, data, truth.wavelength)
+
+            # warm-up (numba compilation) on two shots not counted
+            run_rendered_set(kind, 2, _known(cell_sg))
+            t0 = time.perf_counter()
+            recs = run_rendered_set(kind, n, _known(cell_sg), sink=sink)
+            wall = time.perf_counter() - t0
+            if "writer" in state:
+                state["writer"].close()
+            f = rendered_set_figures(recs, cell_sg[0])
+            t_find = np.mean([r["t_find"] for r in recs])
+            t_index = np.mean([r["t_index"] for r in recs])
+            hit_t = np.mean([r["t_index"] for r in recs if not r["blank"] and r["n_spots"] >= 20])
+            settings = " ".join(SPOTFINDING[kind]) or "DIALS defaults"
+            print(f"\n== rendered {kind}: {n} shots, {f['n_blank']} blank, {f['n_hits']} hits "
+                  f"(not blank, ≥ 20 spots found); spot finding: {settings} ==")
+            print(f"stillshot: indexed {f['n_indexed']}/{f['n_hits']} hits "
+                  f"({100 * f['n_indexed'] / max(f['n_hits'], 1):.1f} %), {f['blanks_indexed']} blanks indexed; "
+                  f"misorientation to truth median {f['mis_median']:.4f}°, p90 {f['mis_p90']:.4f}°; "
+                  f"cell lengths within {100 * f['cell_err']:.3f} %; CPU per shot: spot finding "
+                  f"{t_find * 1e3:.1f} ms, indexing {t_index * 1e3:.1f} ms ({hit_t * 1e3:.1f} ms per hit); "
+                  f"wall {wall:.1f} s incl. rendering")
+            if f["failed"]:
+                print("    hits not indexed (shot, spots, reason): " + "; ".join(map(str, f["failed"])))
+            if not with_dials:
+                continue
+            if not DIALS_PEER.exists():
+                print("DIALS: not run (../shared/tools/dials-peer missing)")
+                continue
+            try:
+                _dials_cmd(["dials.import", *state["files"], "convert_sequences_to_stills=True"], tmp)
+                w_f, c_f, _ = _dials_cmd(["dials.find_spots", "imported.expt", "nproc=1",
+                                          *DIALS_SPOTFINDING[kind]], tmp)
+                w_i, c_i, out = _dials_cmd(
+                    ["dials.ssx_index", "imported.expt", "strong.refl", "nproc=1",
+                     f"indexing.known_symmetry.space_group={cell_sg[1]}",
+                     "indexing.known_symmetry.unit_cell=" + ",".join(f"{x:g}" for x in cell_sg[0])], tmp)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"DIALS failed: {exc}")
+                continue
+            expt = tmp / "indexed.expt"
+            indexed = ExperimentList.from_file(expt) if expt.exists() else ExperimentList()
+            by_shot: dict = {}
+            for e in indexed:
+                i = e.image.frame if e.image.frame is not None else int(Path(e.image.path).stem.split("_")[-1])
+                by_shot.setdefault(int(i), e)
+            hits = [i for i, r in enumerate(recs) if not r["blank"] and r["n_spots"] >= 20]
+            d_hits = [i for i in hits if i in by_shot]
+            d_blanks = sum(1 for i, r in enumerate(recs) if r["blank"] and i in by_shot)
+            mis = []
+            for i in d_hits:
+                c = by_shot[i].crystal
+                rots = point_group_rotations(c.space_group)
+                mis.append(min(misorientation_deg(t.A, c.A, rots) for t in recs[i]["truth"]))
+            mis = np.array(mis) if mis else np.array([np.nan])
+            m = re.search(r"Total time:\s*([0-9.]+)", out)
+            print(f"DIALS    : indexed {len(d_hits)}/{len(hits)} hits ({100 * len(d_hits) / max(len(hits), 1):.1f} %), "
+                  f"{d_blanks} blanks indexed; misorientation to truth median {np.median(mis):.4f}°, "
+                  f"p90 {np.percentile(mis, 90):.4f}°; CPU per shot: dials.find_spots {c_f / n * 1e3:.0f} ms, "
+                  f"dials.ssx_index {c_i / n * 1e3:.0f} ms (start-up included; its Total time "
+                  f"{float(m.group(1)) if m else float('nan'):.1f} s wall)")
+            print(f"ratio    : indexing {c_i / max(t_index * n, 1e-9):.0f}x less CPU than dials.ssx_index, "
+                  f"spot finding {c_f / max(t_find * n, 1e-9):.0f}x less than dials.find_spots")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-dials", action="store_true", help="skip the DIALS runs")
     ap.add_argument("--datasets", default="thermolysin_cspad,thaumatin_grid")
     ap.add_argument("--methods", default="vector_match,fft1d,real_space_grid_search")
     ap.add_argument("--simulated", type=int, default=0, help="also N simulated shots per set")
+    ap.add_argument("--rendered", type=int, default=0,
+                    help="also N rendered shots per set end to end (spot finding + indexing), beside DIALS")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     for name in [d for d in args.datasets.split(",") if d]:
         compare(name, methods, not args.no_dials)
     if args.simulated:
         simulated(args.simulated, methods)
+    if args.rendered:
+        rendered(args.rendered, not args.no_dials)
 
 
 if __name__ == "__main__":

@@ -51,21 +51,27 @@ def assign_indices(A: np.ndarray, rlp: np.ndarray, tolerance: float = 0.3) -> tu
     return hkl, ok
 
 
-def indexed_fraction(A_stack: np.ndarray, rlp: np.ndarray, tolerance: float) -> np.ndarray:
+def indexed_fraction(A_stack: np.ndarray | None, rlp: np.ndarray, tolerance: float, *,
+                     inverse: np.ndarray | None = None) -> np.ndarray:
     """Fraction of spots within ``tolerance`` of a lattice point, for many settings at once.
 
     Parameters
     ----------
-    A_stack : ndarray (M, 3, 3)
-        Setting matrices, 1/Å.
+    A_stack : ndarray (M, 3, 3) or None
+        Setting matrices, 1/Å (None when ``inverse`` is given).
     rlp : ndarray (N, 3)
     tolerance : float
+    inverse : ndarray (M, 3, 3), optional
+        The inverses of the setting matrices, when the caller has them cheaply
+        (``B⁻¹·Uᵀ`` for ``A = U·B``).
 
     Returns
     -------
     ndarray (M,)
     """
-    inv = np.ascontiguousarray(np.linalg.inv(np.asarray(A_stack, dtype=np.float64)).reshape(-1, 3, 3))
+    if inverse is None:
+        inverse = np.linalg.inv(np.asarray(A_stack, dtype=np.float64))
+    inv = np.ascontiguousarray(np.asarray(inverse, dtype=np.float64).reshape(-1, 3, 3))
     r = np.ascontiguousarray(rlp, dtype=np.float64)
     if len(r) == 0:
         return np.zeros(len(inv))

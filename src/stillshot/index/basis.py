@@ -133,7 +133,7 @@ def bases_from_vectors(vectors: np.ndarray, rlp: np.ndarray, *, min_volume: floa
         return []
     sign = np.sign(np.linalg.det(bases))
     bases = bases * sign[:, None, None]
-    frac = indexed_fraction(np.linalg.inv(bases), rlp, tolerance)
+    frac = indexed_fraction(None, rlp, tolerance, inverse=bases)  # (bases⁻¹)⁻¹ = bases
     # prefer small cells among equally good ones: a supercell indexes everything too
     vol = np.abs(np.linalg.det(bases))
     order = np.lexsort((vol, -np.round(frac, 2)))

@@ -55,7 +55,7 @@ def search_grid(spots, context: SearchContext, *, spacing_rad: float = 0.02,
     trip = trip[ok]
     if len(trip) == 0:
         return []
-    frac = indexed_fraction(np.linalg.inv(trip), rlp, opt.hkl_tolerance)
+    frac = indexed_fraction(None, rlp, opt.hkl_tolerance, inverse=trip)  # (trip⁻¹)⁻¹ = trip
     order = np.argsort(-frac, kind="stable")
     out, kept = [], []
     for i in order:  # distinct orientations only (several lattices may be present)

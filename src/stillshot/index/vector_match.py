@@ -11,7 +11,10 @@ once against every spot (vectorised), and the best are refined.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit
 from scipy.spatial import cKDTree
 
 from stillshot.index.assign import assign_indices, indexed_fraction
@@ -53,14 +56,13 @@ def difference_peaks(rlp: np.ndarray, tol: float, *, k: int = 6, max_peaks: int 
     order = np.argsort(-counts, kind="stable")
     alive = np.ones(len(diffs), dtype=bool)
     peaks, pc = [], []
-    for i in order:
-        if not alive[i] or counts[i] < min_count:
+    for i in order[: int(np.count_nonzero(counts >= min_count))]:  # counts descend along order
+        if not alive[i]:
             continue
         members = tree.query_ball_point(diffs[i], tol)
         centre = diffs[members].mean(axis=0)
         for c in (centre, -centre):
-            for j in tree.query_ball_point(c, 2 * tol):
-                alive[j] = False
+            alive[np.asarray(tree.query_ball_point(c, 2 * tol), dtype=np.intp)] = False
         peaks.append(centre)
         pc.append(len(members))
         if len(peaks) >= max_peaks:
@@ -116,13 +118,22 @@ def _table_and_representatives(B: np.ndarray, q_max: float, rotations) -> tuple[
     return hit
 
 
+def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """u × v over the last axis (np.cross without its axis bookkeeping, for small stacks)."""
+    out = np.empty(np.broadcast_shapes(u.shape, v.shape))
+    out[..., 0] = u[..., 1] * v[..., 2] - u[..., 2] * v[..., 1]
+    out[..., 1] = u[..., 2] * v[..., 0] - u[..., 0] * v[..., 2]
+    out[..., 2] = u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+    return out
+
+
 def _frames(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Orthonormal frames (columns) from vector pairs, shape (..., 3, 3)."""
-    e1 = u / np.linalg.norm(u, axis=-1, keepdims=True)
-    e3 = np.cross(u, v)
+    e1 = u / np.sqrt(np.sum(u * u, axis=-1, keepdims=True))
+    e3 = _cross(u, v)
     with np.errstate(invalid="ignore", divide="ignore"):
-        e3 /= np.linalg.norm(e3, axis=-1, keepdims=True)
-    e2 = np.cross(e3, e1)
+        e3 /= np.sqrt(np.sum(e3 * e3, axis=-1, keepdims=True))
+    e2 = _cross(e3, e1)
     return np.stack([e1, e2, e3], axis=-1)
 
 
@@ -139,7 +150,12 @@ def _fallback(spots, context: SearchContext) -> list[np.ndarray]:
 
 
 def _pair_rotations(p1, p2, l1, l2, qv, qlen, rep, tol1, tol2, tol, max_rotations=5000):
-    """Rotations taking matching model vector pairs onto the observed pair (p1, p2); None if none."""
+    """Rotations taking matching model vector pairs onto the observed pair (p1, p2); None if none.
+
+    Model vectors u (one per symmetry orbit) and v whose lengths match the
+    observed ones and whose angle matches within ``deg(tol/l1 + tol/l2) + 2°``;
+    each match gives ``F(p1, p2)·F(u, v)ᵀ`` with F the orthonormal frame of a pair.
+    """
     cos_obs = p1 @ p2 / (l1 * l2)
     ang_obs = np.degrees(np.arccos(np.clip(cos_obs, -1, 1)))
     if ang_obs < 15 or ang_obs > 165:
@@ -148,17 +164,62 @@ def _pair_rotations(p1, p2, l1, l2, qv, qlen, rep, tol1, tol2, tol, max_rotation
     m2 = np.nonzero(np.abs(qlen - l2) <= tol2)[0]
     if len(m1) == 0 or len(m2) == 0:
         return None
-    c = (qv[m1] @ qv[m2].T) / np.outer(qlen[m1], qlen[m2])
-    ang = np.degrees(np.arccos(np.clip(c, -1, 1)))
-    ang_tol = np.degrees(tol / l1 + tol / l2) + 2.0
-    a1, a2 = np.nonzero(np.abs(ang - ang_obs) <= ang_tol)
-    if len(a1) == 0 or len(a1) > max_rotations:
-        return None
-    model = _frames(qv[m1[a1]], qv[m2[a2]])
-    obs = _frames(p1, p2)
-    rot = obs[None] @ np.swapaxes(model, 1, 2)
-    rot = rot[np.all(np.isfinite(rot), axis=(1, 2))]
+    ang_tol = float(np.degrees(tol / l1 + tol / l2) + 2.0)
+    obs = _frames(np.asarray(p1, dtype=np.float64), np.asarray(p2, dtype=np.float64))
+    rot = _pair_rotations_kernel(np.ascontiguousarray(obs), np.ascontiguousarray(qv, dtype=np.float64),
+                                 np.ascontiguousarray(qlen, dtype=np.float64), m1.astype(np.int64),
+                                 m2.astype(np.int64), float(ang_obs), ang_tol, int(max_rotations))
     return rot if len(rot) else None
+
+
+@njit(cache=True)
+def _pair_rotations_kernel(obs, qv, qlen, m1, m2, ang_obs, ang_tol, max_rotations):  # pragma: no cover - numba
+    """Rotations obs·F(qv[i], qv[j])ᵀ for i in m1, j in m2 at the observed angle (empty above max_rotations)."""
+    # |angle − ang_obs| ≤ ang_tol as a cosine interval (no arccos per pair)
+    c_lo = math.cos(math.radians(min(180.0, ang_obs + ang_tol)))
+    c_hi = math.cos(math.radians(max(0.0, ang_obs - ang_tol)))
+    n = 0
+    for a in range(len(m1)):
+        i = m1[a]
+        for b in range(len(m2)):
+            j = m2[b]
+            c = (qv[i, 0] * qv[j, 0] + qv[i, 1] * qv[j, 1] + qv[i, 2] * qv[j, 2]) / (qlen[i] * qlen[j])
+            if c_lo <= c <= c_hi:
+                n += 1
+    if n == 0 or n > max_rotations:
+        return np.empty((0, 3, 3))
+    out = np.empty((n, 3, 3))
+    k = 0
+    for a in range(len(m1)):
+        i = m1[a]
+        for b in range(len(m2)):
+            j = m2[b]
+            c = (qv[i, 0] * qv[j, 0] + qv[i, 1] * qv[j, 1] + qv[i, 2] * qv[j, 2]) / (qlen[i] * qlen[j])
+            if not (c_lo <= c <= c_hi):
+                continue
+            u0, u1, u2 = qv[i, 0], qv[i, 1], qv[i, 2]
+            v0, v1, v2 = qv[j, 0], qv[j, 1], qv[j, 2]
+            un = math.sqrt(u0 * u0 + u1 * u1 + u2 * u2)
+            e10, e11, e12 = u0 / un, u1 / un, u2 / un
+            e30 = u1 * v2 - u2 * v1
+            e31 = u2 * v0 - u0 * v2
+            e32 = u0 * v1 - u1 * v0
+            en = math.sqrt(e30 * e30 + e31 * e31 + e32 * e32)
+            if en == 0.0:
+                continue
+            e30 /= en
+            e31 /= en
+            e32 /= en
+            e20 = e31 * e12 - e32 * e11
+            e21 = e32 * e10 - e30 * e12
+            e22 = e30 * e11 - e31 * e10
+            # model frame M has columns e1, e2, e3; rotation = obs · Mᵀ
+            for r in range(3):
+                out[k, r, 0] = obs[r, 0] * e10 + obs[r, 1] * e20 + obs[r, 2] * e30
+                out[k, r, 1] = obs[r, 0] * e11 + obs[r, 1] * e21 + obs[r, 2] * e31
+                out[k, r, 2] = obs[r, 0] * e12 + obs[r, 1] * e22 + obs[r, 2] * e32
+            k += 1
+    return out[:k]
 
 
 @register("vector_match", known_cell_only=True)
@@ -199,6 +260,7 @@ def search_vector_match(spots, context: SearchContext, *, early_stop: float = 0.
         return []
     qv = hkl @ B.T
     qlen = np.linalg.norm(qv, axis=1)
+    B_inv = np.linalg.inv(B)
     len_tol = tol + 0.03 * plen
     # score against the lowest-resolution spots (the most reliable ones), at most 150
     score_rlp = rlp[np.argsort(-spots.d[sel], kind="stable")[:150]]
@@ -217,7 +279,8 @@ def search_vector_match(spots, context: SearchContext, *, early_stop: float = 0.
         if not batch:
             continue
         U = np.concatenate(batch)
-        score = indexed_fraction(U @ B, score_rlp, 0.2)
+        # (U·B)⁻¹ = B⁻¹·Uᵀ: no stack inversion
+        score = indexed_fraction(None, score_rlp, 0.2, inverse=B_inv @ np.swapaxes(U, 1, 2))
         all_U.append(U)
         all_score.append(score)
         best = max(best, float(score.max()))

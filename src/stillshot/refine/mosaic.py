@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
+
+from stillshot.refine._kernels import mosaic_nelder_mead
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ _ESCALATE = 10.0
 
 
 def _negloglik(x: np.ndarray, d: np.ndarray, psi: np.ndarray) -> float:
+    """Negative log-likelihood at x = (log α, log η): the numpy reference of the numba kernel
+    :func:`stillshot.refine._kernels.mosaic_negloglik` that the fit uses."""
     alpha, eta = np.exp(x)
     w = (d * alpha + eta) / 2.0
     b = _ESCALATE / w
@@ -89,11 +92,12 @@ def estimate_mosaic_parameters(d: np.ndarray, delpsi: np.ndarray, *, domain_size
     spread = max(float(np.percentile(np.abs(psi), 90)), 1e-5)
     eta0 = max(eta_start_rad, spread)
     x0 = np.log([2.0 / domain_size_start, eta0])
-    res = minimize(_negloglik, x0, args=(d, psi), method="Nelder-Mead",
-                   options={"xatol": 1e-3, "fatol": 1e-5, "maxiter": 300})
-    if not np.all(np.isfinite(res.x)):
+    # scipy's Nelder–Mead (xatol 1e-3, fatol 1e-5, maxiter 300) step for step, in numba
+    x, _ = mosaic_nelder_mead(np.ascontiguousarray(x0, dtype=np.float64), np.ascontiguousarray(d),
+                              np.ascontiguousarray(psi), _ESCALATE, 1e-3, 1e-5, 300)
+    if not np.all(np.isfinite(x)):
         return None
-    alpha, eta = np.exp(res.x)
+    alpha, eta = np.exp(x)
     # DIALS expands the ML model by a fixed factor so that predictions cover the observations
     return MosaicParameters(domain_size_ang=float(2.0 / alpha) / expansion,
                             half_mosaicity_deg=float(np.degrees(eta / 2.0)) * expansion)

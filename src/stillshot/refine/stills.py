@@ -4,9 +4,10 @@ Beam and detector are fixed.  The target is DIALS's stills target: for each
 indexed spot the positional residuals (observed − predicted centroid, mm,
 weighted by the inverse centroid variance) and Δψ, the rotation that brings
 the reciprocal-lattice point onto the Ewald sphere (radians, weighted by a
-constant), minimised by Levenberg–Marquardt-type least squares
-(:func:`scipy.optimize.least_squares`).  Outliers are rejected between
-cycles on the positional residual (median + k·MAD).
+constant), minimised by Levenberg–Marquardt least squares run entirely in
+numba (:func:`stillshot.refine._kernels.lm_refine`: one call per cycle, no
+Python in the iterations).  Outliers are rejected between cycles on the
+positional residual (:func:`reject_outliers`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from dataclasses import dataclass
 
 import gemmi
 import numpy as np
-from scipy.optimize import least_squares
 
 from stillshot import geometry
 from stillshot.models.crystal import b_matrix
-from stillshot.refine._kernels import setting_matrix, stills_residuals_batch, stills_residuals_kernel
+from stillshot.refine._kernels import _build_setting, lm_refine, predict_stills_kernel, reject_outliers_kernel
 
 __all__ = [
     "CellParameterisation",
@@ -51,7 +51,7 @@ class StillsRefinementOptions:
     min_outlier_px : float
         Never reject spots closer than this to their prediction, px.
     max_iterations : int or None
-        Most function evaluations per cycle (None: solver default).
+        Most Levenberg–Marquardt iterations per cycle (None: 100).
     min_nref_per_parameter : int
         Fewest spots per free parameter; below it the cell is fixed.
     cell_restraint_sigma : float
@@ -130,6 +130,10 @@ def cell_parameterisation(sg: gemmi.SpaceGroup) -> CellParameterisation:
     return CellParameterisation(fam, rhombo)
 
 
+#: CellParameterisation.family -> the code of :func:`stillshot.refine._kernels.cell_from_free`.
+_FAMILY_CODE = {"a": 0, "m": 1, "o": 2, "t": 3, "h": 4, "c": 5}
+
+
 def _b_from_cell(cell) -> np.ndarray | None:
     """B matrix (1/Å) of a cell, as :func:`stillshot.models.crystal.b_matrix` (no gemmi object).
 
@@ -179,7 +183,9 @@ def stills_residuals(A, detector, beam, hkl, panel, xy_px) -> dict:
         ``xy_px`` (N, 2) predicted px, ``xy_mm`` (N, 2), ``s1`` (N, 3),
         ``delpsi`` (N,) radians, ``d_px`` (N, 2) predicted − observed px.
     """
-    s1, delpsi = geometry.predict_stills(A, beam.s0, hkl)
+    s1, delpsi = predict_stills_kernel(np.ascontiguousarray(A, dtype=np.float64),
+                                       np.ascontiguousarray(beam.s0, dtype=np.float64),
+                                       np.ascontiguousarray(np.asarray(hkl, dtype=np.float64).reshape(-1, 3)))
     _, xy_mm, xy_calc, _ = geometry.ray_intersection(detector, s1, panel)
     return {"xy_px": xy_calc, "xy_mm": xy_mm, "s1": s1, "delpsi": delpsi, "d_px": xy_calc - xy_px}
 
@@ -290,14 +296,14 @@ def refine_crystal(
         restraint = parameterisation.free(target_cell)
     n_rot = 0 if options.fix_orientation else 3
 
-    zero3 = np.zeros(3)
     U0c = np.ascontiguousarray(U0)
+    family = _FAMILY_CODE[parameterisation.family]
+    rhombo = bool(parameterisation.rhombohedral)
+    p0c = np.ascontiguousarray(p0, dtype=np.float64)
 
     def build(x):
-        phi = np.ascontiguousarray(x[:3]) if n_rot else zero3
-        p = p0 * (1.0 + x[n_rot:n_rot + n_cell] * 1e-3) if n_cell else p0  # relative steps in ‰
-        Ax = setting_matrix(phi, U0c, *(float(v) for v in parameterisation.cell(p)))
-        return None if not np.isfinite(Ax[0, 0]) else Ax
+        Ax = _build_setting(np.ascontiguousarray(x, dtype=np.float64), n_rot, n_cell, U0c, p0c, family, rhombo)
+        return None if not np.all(np.isfinite(Ax)) else Ax
 
     hkl_c = np.ascontiguousarray(hkl)
     panel_c = np.ascontiguousarray(panel, dtype=np.int64)
@@ -305,51 +311,6 @@ def refine_crystal(
     obs_c = np.ascontiguousarray(obs_mm)
     s0_c = np.ascontiguousarray(s0, dtype=np.float64)
     dinv = np.ascontiguousarray(pa.d_inverse)
-    cache: dict = {}
-
-    def residuals(x, sel):
-        key = id(sel)
-        if key not in cache:
-            cache.clear()
-            cache[key] = (hkl_c[sel], panel_c[sel], obs_c[sel], w_xy_c[sel], np.ascontiguousarray(w_psi[sel]),
-                          np.empty(3 * int(sel.sum())))
-        h, p, o, w, wp, out = cache[key]
-        Ax = build(x)
-        if Ax is None or not np.all(np.isfinite(Ax)):
-            return np.full(len(out), 1e6)
-        r = stills_residuals_kernel(np.ascontiguousarray(Ax), s0_c, h, p, dinv, o, w, wp, out)
-        r = np.where(np.isfinite(r), r, 1e6)
-        if restraint is not None and n_cell:
-            p_now = p0 * (1.0 + x[n_rot:n_rot + n_cell] * 1e-3)
-            r = np.concatenate([r, (p_now - restraint) / (options.cell_restraint_sigma * restraint)])
-        return r
-
-    def jacobian(x, sel):
-        """Forward-difference Jacobian, all parameter steps in one kernel call."""
-        h, p, o, w, wp, out = cache[id(sel)] if id(sel) in cache else (None,) * 6
-        if h is None:
-            residuals(x, sel)
-            h, p, o, w, wp, out = cache[id(sel)]
-        f0 = residuals(x, sel)
-        steps = 1e-7 * np.maximum(1.0, np.abs(x))
-        As = []
-        for k in range(len(x)):
-            xk = x.copy()
-            xk[k] += steps[k]
-            Ak = build(xk)
-            if Ak is None:
-                Ak = np.full((3, 3), np.nan)
-            As.append(Ak)
-        R = stills_residuals_batch(np.ascontiguousarray(np.array(As)), s0_c, h, p, dinv, o, w, wp,
-                                   np.empty((len(x), len(out))))
-        R = np.where(np.isfinite(R), R, 1e6)
-        J = np.empty((len(f0), len(x)))
-        J[: R.shape[1]] = ((R - f0[None, : R.shape[1]]) / steps[:, None]).T
-        if len(f0) > R.shape[1]:  # restraint rows: d/dx of (p - t)/(σ t), p = p0 (1 + 1e-3 x)
-            J[R.shape[1]:] = 0.0
-            idx = np.arange(n_cell)
-            J[R.shape[1] + idx, n_rot + idx] = p0 * 1e-3 / (options.cell_restraint_sigma * restraint)
-        return J
 
     n = len(hkl)
     used = np.ones(n, dtype=bool)
@@ -358,19 +319,30 @@ def refine_crystal(
     if n_cell and n < options.min_nref_per_parameter * (n_rot + n_cell) + 3:
         n_cell = 0
         x = np.zeros(n_rot)
+    rest = np.ascontiguousarray(restraint if (restraint is not None and n_cell) else np.ones(max(n_cell, 1)),
+                                dtype=np.float64)
+    rsig = float(options.cell_restraint_sigma) if (restraint is not None and n_cell) else 0.0
+    max_iter = int(options.max_iterations) if options.max_iterations else 100
     if len(x) and n >= 3:
         for cycle in range(3):
+            sel = np.nonzero(used)[0]
             try:
-                res = least_squares(residuals, x, jac=jacobian, args=(used,),
-                                    method="lm" if 3 * used.sum() >= len(x) else "trf",
-                                    x_scale=1.0, max_nfev=options.max_iterations, xtol=1e-7, ftol=1e-7)
-                x = res.x
-            except (ValueError, np.linalg.LinAlgError):
+                x_new, _, _, ok = lm_refine(x, n_rot, n_cell, U0c, p0c, family, rhombo, rest, rsig, s0_c,
+                                            hkl_c[sel], panel_c[sel], dinv, obs_c[sel], w_xy_c[sel],
+                                            np.ascontiguousarray(w_psi[sel]), max_iter, 1e-7, 1e-7)
+            except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):
+                ok = False
+            if not ok or not np.all(np.isfinite(x_new)):
                 success = False
                 break
+            x = x_new
             if not options.outlier_rejection or cycle == 2:
                 break
-            pred = stills_residuals(build(x), pa, beam, hkl, panel, xy_px)
+            A_now = build(x)
+            if A_now is None:
+                success = False
+                break
+            pred = stills_residuals(A_now, pa, beam, hkl, panel, xy_px)
             new_used = reject_outliers(pred["d_px"], k=options.outlier_k, min_px=options.min_outlier_px)
             if new_used.sum() < max(3, len(x)) or np.array_equal(new_used, used):
                 break
@@ -417,22 +389,8 @@ def reject_outliers(d_px: np.ndarray, *, k: float = 2.5, min_px: float = 0.5, cy
     ndarray (N,) of bool
         True for inliers.
     """
-    d = np.asarray(d_px, dtype=np.float64)
-    ok = np.all(np.isfinite(d), axis=1)
-    used = ok.copy()
-    if int(ok.sum()) < 4:
-        return used
-    e = np.exp(-0.5 * k * k)
-    correction = 1.0 - 0.5 * k * k * e / (1.0 - e)
-    for _ in range(cycles):
-        centre = np.median(d[used], axis=0)
-        r = np.linalg.norm(d - centre, axis=1)
-        sigma = float(np.sqrt(np.mean(r[used] ** 2) / (2.0 * correction)))
-        new = ok & (r <= max(k * sigma, min_px))
-        if new.sum() < 3 or np.array_equal(new, used):
-            break
-        used = new
-    return used
+    d = np.ascontiguousarray(d_px, dtype=np.float64).reshape(-1, 2)
+    return reject_outliers_kernel(d, float(k), float(min_px), int(cycles))
 
 
 def _cell_of(A: np.ndarray) -> tuple:
