@@ -510,3 +510,13 @@ def test_report_of_dials_results(shared_data, tmp_path, monkeypatch):
     assert res.notes == []
     assert set(res.plots) == {"plot-rates", "plot-spots", "plot-cells", "plot-resolution", "plot-residuals",
                               "plot-shot-0"}
+
+
+def test_stop_reasons_group_by_kind_not_by_count():
+    from stillshot.report.data import reason_kind
+
+    a = reason_kind("3 spots < dispatch.hit_finder.minimum_number_of_reflections=16")
+    b = reason_kind("14 spots < dispatch.hit_finder.minimum_number_of_reflections=16")
+    assert a == b == "N spots < dispatch.hit_finder.minimum_number_of_reflections=16"
+    assert reason_kind("index: RMSD 2.31 px > 2 px") == "index: RMSD N px > N px"
+    assert reason_kind("no candidate") == "no candidate"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -711,3 +712,23 @@ def split_total(stages: list, seconds: np.ndarray) -> tuple[list, np.ndarray, np
             total = np.where(np.isfinite(recorded), recorded, total)
             break
     return [stages[k] for k in keep], summed, total
+
+
+_COUNT = re.compile(r"(?<![=\w.])\d+(?:\.\d+)?(?![\w.])")
+
+
+def reason_kind(reason: str) -> str:
+    """A shot's stop reason with its per-shot numbers replaced by ``N``.
+
+    Settings written as ``name=value`` keep their value, so reasons that differ
+    only in a count (``"3 spots < ...=16"``, ``"7 spots < ...=16"``) group together.
+
+    Parameters
+    ----------
+    reason : str
+
+    Returns
+    -------
+    str
+    """
+    return _COUNT.sub("N", reason)

@@ -23,6 +23,7 @@ from stillshot.report.data import (
     auto_window,
     load_run,
     panel_residuals,
+    reason_kind,
     rolling_fraction,
     shot_resolution,
     split_total,
@@ -180,7 +181,7 @@ def _summary_section(run: RunData, d_min: np.ndarray, page: _Page) -> str:
         f'{_esc(s.replace("_", " "))}</td><td>{c}</td><td>{pct(c, n)}</td></tr>'
         for s, c in sorted(counts.items(), key=lambda kv: -kv[1]))
     status_table = (f'<table><tr><th class="l">status</th><th>shots</th><th>%</th></tr>{rows}</table>')
-    reasons = Counter((str(s.get("status", "")), str(s.get("reason") or "")) for s in run.shots
+    reasons = Counter((str(s.get("status", "")), reason_kind(str(s.get("reason")))) for s in run.shots
                       if s.get("reason"))
     if reasons:
         rrows = "".join(f'<tr><td class="l">{_esc(st)}</td><td class="l">{_esc(r)}</td><td>{c}</td></tr>'
