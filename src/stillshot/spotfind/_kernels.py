@@ -1018,10 +1018,8 @@ def _label_runs_impl(strong, eight):
     row = np.empty(n, np.int32)
     start = np.empty(n, np.int32)
     end = np.empty(n, np.int32)
-    row_first = np.zeros(ny + 1, np.int64)
     k = 0
     for j in range(ny):
-        row_first[j] = k
         i = 0
         while i < nx:
             if strong[j, i]:
@@ -1034,35 +1032,7 @@ def _label_runs_impl(strong, eight):
                 k += 1
             else:
                 i += 1
-    row_first[ny] = k
-    parent = np.arange(n)
-    d = 1 if eight else 0
-    for j in range(1, ny):
-        a = row_first[j - 1]
-        a_end = row_first[j]
-        for b in range(row_first[j], row_first[j + 1]):
-            # skip runs above that end before this one starts
-            while a < a_end and end[a] + d <= start[b]:
-                a += 1
-            aa = a
-            while aa < a_end and start[aa] < end[b] + d:
-                ra = _find(parent, aa)
-                rb = _find(parent, b)
-                if ra != rb:
-                    if ra < rb:
-                        parent[rb] = ra
-                    else:
-                        parent[ra] = rb
-                aa += 1
-    label = np.empty(n, np.int32)
-    compact = np.full(n, -1, np.int32)
-    nl = 0
-    for k in range(n):
-        r = _find(parent, k)
-        if compact[r] < 0:
-            compact[r] = nl
-            nl += 1
-        label[k] = compact[r]
+    label, nl = _union_runs(row, start, end, ny, eight)
     return row, start, end, label, nl
 
 
