@@ -236,6 +236,33 @@ def paint_foreground(panel, xc, yc, r_fg, offsets, n_fast, n_slow, count):
                     count[off + j * w + i] += 1
 
 
+@nb.njit(cache=True, inline="always")
+def _plane_normal_equations(bx, by, bv, bused, n, m, rhs):  # pragma: no cover - numba
+    """Normal equations of the plane v = c0 + c1·x + c2·y over the used pixels, into ``m``, ``rhs``.
+
+    Returns the number of pixels used.
+    """
+    m[:, :] = 0.0
+    rhs[:] = 0.0
+    nused = 0
+    for a in range(n):
+        if bused[a]:
+            nused += 1
+            m[0, 0] += 1.0
+            m[0, 1] += bx[a]
+            m[0, 2] += by[a]
+            m[1, 1] += bx[a] * bx[a]
+            m[1, 2] += bx[a] * by[a]
+            m[2, 2] += by[a] * by[a]
+            rhs[0] += bv[a]
+            rhs[1] += bx[a] * bv[a]
+            rhs[2] += by[a] * bv[a]
+    m[1, 0] = m[0, 1]
+    m[2, 0] = m[0, 2]
+    m[2, 1] = m[1, 2]
+    return nused
+
+
 @nb.njit(cache=True)
 def _solve3(m, v):
     """Solve the 3×3 system m·x = v (Cramer); returns (x, ok)."""
@@ -446,22 +473,7 @@ def integrate_shoeboxes(raw, static_bad, count, offsets, n_fast, n_slow, gain, p
         nused = nb_
         use_plane = nb_ >= min_bg
         for it in range(max_iter + 1):
-            m[:, :] = 0.0
-            rhs[:] = 0.0
-            for a in range(nb_):
-                if bused[a]:
-                    m[0, 0] += 1.0
-                    m[0, 1] += bx[a]
-                    m[0, 2] += by[a]
-                    m[1, 1] += bx[a] * bx[a]
-                    m[1, 2] += bx[a] * by[a]
-                    m[2, 2] += by[a] * by[a]
-                    rhs[0] += bv[a]
-                    rhs[1] += bx[a] * bv[a]
-                    rhs[2] += by[a] * bv[a]
-            m[1, 0] = m[0, 1]
-            m[2, 0] = m[0, 2]
-            m[2, 1] = m[1, 2]
+            _plane_normal_equations(bx, by, bv, bused, nb_, m, rhs)
             ok = False
             if use_plane:
                 coef, ok = _solve3(m, rhs)
@@ -501,24 +513,7 @@ def integrate_shoeboxes(raw, static_bad, count, offsets, n_fast, n_slow, gain, p
             if not changed:
                 break
         # final fit on the used pixels (normal matrix for the variance)
-        m[:, :] = 0.0
-        rhs[:] = 0.0
-        nused = 0
-        for a in range(nb_):
-            if bused[a]:
-                nused += 1
-                m[0, 0] += 1.0
-                m[0, 1] += bx[a]
-                m[0, 2] += by[a]
-                m[1, 1] += bx[a] * bx[a]
-                m[1, 2] += bx[a] * by[a]
-                m[2, 2] += by[a] * by[a]
-                rhs[0] += bv[a]
-                rhs[1] += bx[a] * bv[a]
-                rhs[2] += by[a] * bv[a]
-        m[1, 0] = m[0, 1]
-        m[2, 0] = m[0, 2]
-        m[2, 1] = m[1, 2]
+        nused = _plane_normal_equations(bx, by, bv, bused, nb_, m, rhs)
         plane = False
         minv = np.zeros((3, 3))
         if use_plane and nused >= min_bg:

@@ -9,6 +9,51 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def _ewald_rotation(q0, q1, q2, u0, u1, u2, lam):  # pragma: no cover - numba
+    """Still prediction of one rlp q (1/Å): rotate it onto the Ewald sphere about q × û0.
+
+    Returns ``(ok, r0, r1, r2, delpsi)``: the rotated rlp (1/Å) and the signed
+    rotation angle Δψ (radians); ``ok`` is False where no prediction exists.
+    """
+    # e1 = q × û0
+    e0 = q1 * u2 - q2 * u1
+    e1 = q2 * u0 - q0 * u2
+    e2 = q0 * u1 - q1 * u0
+    en = math.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
+    qq = q0 * q0 + q1 * q1 + q2 * q2
+    a = 0.5 * qq * lam
+    bb = qq - a * a
+    if en == 0.0 or bb < 0.0:
+        return False, 0.0, 0.0, 0.0, 0.0
+    e0 /= en
+    e1 /= en
+    e2 /= en
+    # c0 = û0 × e1
+    c0 = u1 * e2 - u2 * e1
+    c1 = u2 * e0 - u0 * e2
+    c2 = u0 * e1 - u1 * e0
+    cn = math.sqrt(c0 * c0 + c1 * c1 + c2 * c2)
+    c0 /= cn
+    c1 /= cn
+    c2 /= cn
+    b = math.sqrt(bb)
+    r0 = -a * u0 + b * c0
+    r1 = -a * u1 + b * c1
+    r2 = -a * u2 + b * c2
+    qn = math.sqrt(qq)
+    n0 = q0 / qn
+    n1 = q1 / qn
+    n2 = q2 / qn
+    # q1hat = q̂ × e1
+    m0 = n1 * e2 - n2 * e1
+    m1 = n2 * e0 - n0 * e2
+    m2 = n0 * e1 - n1 * e0
+    mn = math.sqrt(m0 * m0 + m1 * m1 + m2 * m2)
+    dpsi = -math.atan2((r0 * m0 + r1 * m1 + r2 * m2) / mn, r0 * n0 + r1 * n1 + r2 * n2)
+    return True, r0, r1, r2, dpsi
+
+
 @njit(cache=True, fastmath=False)
 def stills_residuals_kernel(A, s0, hkl, panel, d_inverse, obs_mm, w_xy, w_psi, out):  # pragma: no cover - numba
     """Weighted stills residuals of indexed spots, written into ``out``.
@@ -46,44 +91,12 @@ def stills_residuals_kernel(A, s0, hkl, panel, d_inverse, obs_mm, w_xy, w_psi, o
         q0 = A[0, 0] * h0 + A[0, 1] * h1 + A[0, 2] * h2
         q1 = A[1, 0] * h0 + A[1, 1] * h1 + A[1, 2] * h2
         q2 = A[2, 0] * h0 + A[2, 1] * h1 + A[2, 2] * h2
-        # e1 = q × û0
-        e0 = q1 * u2 - q2 * u1
-        e1 = q2 * u0 - q0 * u2
-        e2 = q0 * u1 - q1 * u0
-        en = math.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
-        qq = q0 * q0 + q1 * q1 + q2 * q2
-        a = 0.5 * qq * lam
-        bb = qq - a * a
-        if en == 0.0 or bb < 0.0:
+        ok, r0, r1, r2, dpsi = _ewald_rotation(q0, q1, q2, u0, u1, u2, lam)
+        if not ok:
             out[3 * i] = 1e6
             out[3 * i + 1] = 1e6
             out[3 * i + 2] = 1e6
             continue
-        e0 /= en
-        e1 /= en
-        e2 /= en
-        # c0 = û0 × e1
-        c0 = u1 * e2 - u2 * e1
-        c1 = u2 * e0 - u0 * e2
-        c2 = u0 * e1 - u1 * e0
-        cn = math.sqrt(c0 * c0 + c1 * c1 + c2 * c2)
-        c0 /= cn
-        c1 /= cn
-        c2 /= cn
-        b = math.sqrt(bb)
-        r0 = -a * u0 + b * c0
-        r1 = -a * u1 + b * c1
-        r2 = -a * u2 + b * c2
-        qn = math.sqrt(qq)
-        n0 = q0 / qn
-        n1 = q1 / qn
-        n2 = q2 / qn
-        # q1hat = q̂ × e1
-        m0 = n1 * e2 - n2 * e1
-        m1 = n2 * e0 - n0 * e2
-        m2 = n0 * e1 - n1 * e0
-        mn = math.sqrt(m0 * m0 + m1 * m1 + m2 * m2)
-        dpsi = -math.atan2((r0 * m0 + r1 * m1 + r2 * m2) / mn, r0 * n0 + r1 * n1 + r2 * n2)
         s10 = s0[0] + r0
         s11 = s0[1] + r1
         s12 = s0[2] + r2
@@ -457,40 +470,12 @@ def predict_stills_kernel(A, s0, hkl):  # pragma: no cover - numba
         q0 = A[0, 0] * hkl[i, 0] + A[0, 1] * hkl[i, 1] + A[0, 2] * hkl[i, 2]
         q1 = A[1, 0] * hkl[i, 0] + A[1, 1] * hkl[i, 1] + A[1, 2] * hkl[i, 2]
         q2 = A[2, 0] * hkl[i, 0] + A[2, 1] * hkl[i, 1] + A[2, 2] * hkl[i, 2]
-        e0 = q1 * u2 - q2 * u1
-        e1 = q2 * u0 - q0 * u2
-        e2 = q0 * u1 - q1 * u0
-        en = math.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
-        qq = q0 * q0 + q1 * q1 + q2 * q2
-        a = 0.5 * qq * lam
-        bb = qq - a * a
-        if en == 0.0 or bb < 0.0:
+        ok, r0, r1, r2, dpsi = _ewald_rotation(q0, q1, q2, u0, u1, u2, lam)
+        if not ok:
             s1[i, 0] = s1[i, 1] = s1[i, 2] = np.nan
             delpsi[i] = np.nan
             continue
-        e0 /= en
-        e1 /= en
-        e2 /= en
-        c0 = u1 * e2 - u2 * e1
-        c1 = u2 * e0 - u0 * e2
-        c2 = u0 * e1 - u1 * e0
-        cn = math.sqrt(c0 * c0 + c1 * c1 + c2 * c2)
-        c0 /= cn
-        c1 /= cn
-        c2 /= cn
-        b = math.sqrt(bb)
-        r0 = -a * u0 + b * c0
-        r1 = -a * u1 + b * c1
-        r2 = -a * u2 + b * c2
-        qn = math.sqrt(qq)
-        n0 = q0 / qn
-        n1 = q1 / qn
-        n2 = q2 / qn
-        m0 = n1 * e2 - n2 * e1
-        m1 = n2 * e0 - n0 * e2
-        m2 = n0 * e1 - n1 * e0
-        mn = math.sqrt(m0 * m0 + m1 * m1 + m2 * m2)
-        delpsi[i] = -math.atan2((r0 * m0 + r1 * m1 + r2 * m2) / mn, r0 * n0 + r1 * n1 + r2 * n2)
+        delpsi[i] = dpsi
         t0 = s0[0] + r0
         t1 = s0[1] + r1
         t2 = s0[2] + r2
